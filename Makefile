@@ -1,0 +1,41 @@
+# Two commands from a clean clone: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+BIND ?= 127.0.0.1:8000
+WORKERS ?= 2
+
+.PHONY: run test lint typecheck check openapi seed clean
+
+# The venv is rebuilt when the project's dependencies change.
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/referral seed
+	$(BIN)/referral serve --bind $(BIND) --workers $(WORKERS)
+
+test: $(BIN)/.installed
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+# Regenerate openapi.yaml from the code (a test fails when they drift).
+openapi: $(BIN)/.installed
+	$(BIN)/flask --app referral openapi write --format=yaml openapi.yaml
+
+seed: $(BIN)/.installed
+	$(BIN)/referral seed
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts

@@ -1,0 +1,39 @@
+"""Default settings. Layering (defaults, ``REFERRAL_*`` environment, test dict) is in create_app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_settings(instance_path: str) -> dict[str, Any]:
+    return {
+        # SQLite file under the instance folder unless REFERRAL_DATABASE_URL says otherwise.
+        "DATABASE_URL": f"sqlite:///{Path(instance_path) / 'referral.db'}",
+        "DATABASE_ECHO": False,
+        "SQLITE_BUSY_TIMEOUT_MS": 5000,
+        "SEED_DATA_DIR": str(REPO_ROOT / "seed_data"),
+        # Network geocoder: off unless named (e.g. "nominatim"); options go to geopy's class.
+        "GEOCODER": None,
+        "GEOCODER_OPTIONS": {},
+        "GEOCODER_MIN_DELAY_SECONDS": 1.0,
+        "GEOCODER_TIMEOUT_SECONDS": 5.0,
+        "GEOCODE_CACHE_TTL_DAYS": 90,
+        # Nearest search limits.
+        "NEAREST_DEFAULT_LIMIT": 5,
+        "NEAREST_MAX_LIMIT": 50,
+        "NEAREST_MAX_RADIUS_KM": 5000.0,
+        # Public GETs may be cached briefly by browsers and CDNs.
+        "PUBLIC_CACHE_MAX_AGE": 60,
+        # flask-smorest / OpenAPI.
+        "API_TITLE": "Referral: clinic directory and referral service",
+        "API_VERSION": "v1",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "docs",
+        # Swagger UI assets come from the swagger-ui-bundle package, served by us: no CDN.
+        "OPENAPI_SWAGGER_UI_URL": "/docs/assets/",
+    }

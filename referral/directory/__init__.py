@@ -1,0 +1,1 @@
+"""The clinic directory: clinics, their locations and specialties, search and nearest."""

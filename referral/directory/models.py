@@ -1,0 +1,115 @@
+"""Directory tables: a clinic (the organization) has locations and specialties.
+
+No ``from __future__ import annotations`` here: SQLModel reads the annotations at runtime.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, DateTime, Index
+from sqlmodel import Field, Relationship, SQLModel
+
+from referral.timeutil import utcnow
+
+
+class GeocodePrecision(StrEnum):
+    """How precisely a stored coordinate places a location (best first)."""
+
+    ROOFTOP = "rooftop"
+    STREET = "street"
+    POSTAL_CODE = "postal_code"
+    CITY = "city"
+    MANUAL = "manual"
+
+
+class SpecialtyBase(SQLModel):
+    code: str = Field(primary_key=True, max_length=40)
+    label: str = Field(max_length=120)
+    nucc_taxonomy: str | None = Field(default=None, max_length=10)
+    description: str | None = Field(default=None, max_length=500)
+
+
+class Specialty(SpecialtyBase, table=True):
+    __tablename__ = "specialty"
+
+
+class ClinicSpecialty(SQLModel, table=True):
+    """Links a clinic to a specialty, with the reason the source supports it."""
+
+    __tablename__ = "clinic_specialty"
+
+    clinic_id: int = Field(foreign_key="clinic.id", primary_key=True, ondelete="CASCADE")
+    specialty_code: str = Field(foreign_key="specialty.code", primary_key=True, max_length=40)
+    reason: str = Field(max_length=500)
+
+    clinic: "Clinic" = Relationship(back_populates="specialty_links")
+
+
+class ClinicBase(SQLModel):
+    # Unknown stays None (never guessed); needs_review says a person should look.
+    name: str | None = Field(default=None, max_length=200, index=True)
+    phone: str | None = Field(default=None, max_length=20, description="E.164")
+    phone_original: str | None = Field(default=None, max_length=40)
+    website: str | None = Field(default=None, max_length=300)
+    source_file: str | None = Field(default=None, max_length=200)
+    source_text: str | None = Field(default=None, max_length=4000)
+    needs_review: bool = Field(default=False)
+    review_reasons: list[str] = Field(default_factory=list, sa_type=JSON)
+    active: bool = Field(default=True, index=True)
+
+
+class Clinic(ClinicBase, table=True):
+    __tablename__ = "clinic"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # Stable key from seed_data/, so seeding again updates rather than duplicates.
+    seed_key: str | None = Field(default=None, max_length=120, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+    locations: list["Location"] = Relationship(
+        back_populates="clinic",
+        sa_relationship_kwargs={"order_by": "Location.id", "cascade": "all, delete-orphan"},
+    )
+    specialty_links: list["ClinicSpecialty"] = Relationship(
+        back_populates="clinic",
+        sa_relationship_kwargs={
+            "order_by": "ClinicSpecialty.specialty_code",
+            "cascade": "all, delete-orphan",
+        },
+    )
+
+    @property
+    def specialty_codes(self) -> list[str]:
+        return [link.specialty_code for link in self.specialty_links]
+
+
+class LocationBase(SQLModel):
+    address_line1: str | None = Field(default=None, max_length=200)
+    address_line2: str | None = Field(default=None, max_length=200)
+    city: str | None = Field(default=None, max_length=100)
+    state: str | None = Field(default=None, max_length=2, index=True)
+    zip: str | None = Field(default=None, max_length=10, index=True)
+    city_original: str | None = Field(default=None, max_length=100)
+    state_original: str | None = Field(default=None, max_length=100)
+    lat: float | None = Field(default=None)
+    lon: float | None = Field(default=None)
+    geocode_precision: str | None = Field(default=None, max_length=20)  # a GeocodePrecision
+    geocode_source: str | None = Field(default=None, max_length=100)
+    time_zone: str | None = Field(default=None, max_length=64)
+    needs_review: bool = Field(default=False)
+    review_reasons: list[str] = Field(default_factory=list, sa_type=JSON)
+    active: bool = Field(default=True)
+
+
+class Location(LocationBase, table=True):
+    __tablename__ = "location"
+    __table_args__ = (Index("ix_location_lat_lon", "lat", "lon"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    clinic_id: int = Field(foreign_key="clinic.id", index=True, ondelete="CASCADE")
+    seed_key: str | None = Field(default=None, max_length=160, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+    clinic: Clinic = Relationship(back_populates="locations")

@@ -1,0 +1,216 @@
+"""marshmallow schemas for the directory's HTTP edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask import current_app
+from marshmallow import validate
+
+from referral.directory.models import GeocodePrecision
+from referral.geo.distance import miles_to_km
+from referral.geo.usps import STATE_CODES
+
+ZIP_PATTERN = r"^\d{5}(-\d{4})?$"
+
+
+class StateCode(ma.fields.String):
+    """A USPS state or territory code, any case in, upper case out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=validate.Length(equal=2), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        code = str(super()._deserialize(value, attr, data, **kwargs)).strip().upper()
+        if code not in STATE_CODES:
+            raise ma.ValidationError("not a USPS state code (e.g. TX, MN)")
+        return code
+
+
+# ---- responses ----------------------------------------------------------------------------
+
+
+class SpecialtySchema(ma.Schema):
+    code = ma.fields.String(required=True)
+    label = ma.fields.String(required=True)
+    nucc_taxonomy = ma.fields.String(
+        allow_none=True, metadata={"description": "NUCC provider taxonomy code, where one exists"}
+    )
+    description = ma.fields.String(allow_none=True)
+
+
+class LocationSchema(ma.Schema):
+    id = ma.fields.Integer()
+    clinic_id = ma.fields.Integer()
+    address_line1 = ma.fields.String(allow_none=True)
+    address_line2 = ma.fields.String(allow_none=True)
+    city = ma.fields.String(allow_none=True)
+    state = ma.fields.String(allow_none=True)
+    zip = ma.fields.String(allow_none=True)
+    lat = ma.fields.Float(allow_none=True)
+    lon = ma.fields.Float(allow_none=True)
+    geocode_precision = ma.fields.String(
+        allow_none=True,
+        validate=validate.OneOf([p.value for p in GeocodePrecision]),
+        metadata={"description": "rooftop, street, postal_code, city or manual"},
+    )
+    geocode_source = ma.fields.String(allow_none=True)
+    time_zone = ma.fields.String(allow_none=True, metadata={"description": "IANA time zone"})
+    needs_review = ma.fields.Boolean()
+    review_reasons = ma.fields.List(ma.fields.String())
+
+
+class ClinicSummarySchema(ma.Schema):
+    id = ma.fields.Integer()
+    name = ma.fields.String(allow_none=True, metadata={"description": "null when unknown"})
+    phone = ma.fields.String(allow_none=True, metadata={"description": "E.164; null when unknown"})
+    website = ma.fields.String(allow_none=True)
+    specialties = ma.fields.List(ma.fields.String(), attribute="specialty_codes")
+    needs_review = ma.fields.Boolean()
+
+
+class SpecialtyReasonSchema(ma.Schema):
+    code = ma.fields.String(attribute="specialty_code")
+    reason = ma.fields.String()
+
+
+class SourceSchema(ma.Schema):
+    file = ma.fields.String(attribute="source_file", allow_none=True)
+    text = ma.fields.String(attribute="source_text", allow_none=True)
+
+
+class ClinicSchema(ClinicSummarySchema):
+    phone_original = ma.fields.String(allow_none=True)
+    specialty_reasons = ma.fields.List(
+        ma.fields.Nested(SpecialtyReasonSchema), attribute="specialty_links"
+    )
+    review_reasons = ma.fields.List(ma.fields.String())
+    source = ma.fields.Function(lambda clinic: SourceSchema().dump(clinic))
+    updated_at = ma.fields.AwareDateTime(default_timezone=None)
+    locations = ma.fields.Function(
+        lambda clinic: LocationSchema(many=True).dump(
+            [location for location in clinic.locations if location.active]
+        ),
+        metadata={"type": "array", "items": {"$ref": "#/components/schemas/Location"}},
+    )
+
+
+class OriginSchema(ma.Schema):
+    lat = ma.fields.Float()
+    lon = ma.fields.Float()
+    resolved_from = ma.fields.String(metadata={"description": "coordinates, zip, city or address"})
+    precision = ma.fields.String(
+        metadata={"description": "exact for given coordinates, else the geocode precision"}
+    )
+    source = ma.fields.String()
+    label = ma.fields.String(allow_none=True)
+
+
+class NearestHitSchema(ma.Schema):
+    distance_km = ma.fields.Float()
+    distance_mi = ma.fields.Float()
+    location = ma.fields.Nested(LocationSchema)
+    clinic = ma.fields.Nested(ClinicSummarySchema)
+
+
+class RadiusSchema(ma.Schema):
+    value = ma.fields.Float()
+    unit = ma.fields.String()
+    km = ma.fields.Float()
+
+
+class NearestResponseSchema(ma.Schema):
+    origin = ma.fields.Nested(OriginSchema)
+    radius = ma.fields.Nested(RadiusSchema, allow_none=True)
+    unit = ma.fields.String(metadata={"description": "unit of radius: mi or km"})
+    specialties = ma.fields.List(ma.fields.String())
+    count = ma.fields.Integer()
+    results = ma.fields.List(ma.fields.Nested(NearestHitSchema))
+    nearest_outside_radius = ma.fields.Nested(
+        NearestHitSchema,
+        allow_none=True,
+        metadata={"description": "the closest match anyway, when nothing is inside the radius"},
+    )
+
+
+# ---- query arguments ----------------------------------------------------------------------
+
+
+class _QueryArgs(ma.Schema):
+    class Meta:
+        # Browsers and caches add their own parameters (cache busters): ignore, don't fail.
+        unknown = ma.EXCLUDE
+
+
+class ClinicQueryArgsSchema(_QueryArgs):
+    q = ma.fields.String(
+        validate=validate.Length(min=1, max=100), metadata={"description": "part of the name"}
+    )
+    specialty = ma.fields.List(
+        ma.fields.String(validate=validate.Length(min=1, max=40)),
+        validate=validate.Length(max=10),
+        metadata={"description": "specialty code; repeat for several (all must match)"},
+    )
+    city = ma.fields.String(validate=validate.Length(min=1, max=100))
+    state = StateCode()
+    zip = ma.fields.String(
+        validate=validate.Regexp(r"^\d{1,5}$", error="must be 1 to 5 digits (a ZIP prefix)"),
+        metadata={"description": "ZIP code or its prefix"},
+    )
+
+
+class NearestQueryArgsSchema(_QueryArgs):
+    lat = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-90, max=90))
+    lon = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-180, max=180))
+    zip = ma.fields.String(
+        validate=validate.Regexp(ZIP_PATTERN, error="must be a 5-digit ZIP code (or ZIP+4)")
+    )
+    city = ma.fields.String(validate=validate.Length(min=1, max=100))
+    state = StateCode()
+    address = ma.fields.String(validate=validate.Length(min=3, max=300))
+    specialty = ma.fields.List(
+        ma.fields.String(validate=validate.Length(min=1, max=40)),
+        validate=validate.Length(max=10),
+        metadata={"description": "specialty code; repeat for several (all must match)"},
+    )
+    radius = ma.fields.Float(
+        allow_nan=False,
+        validate=validate.Range(min=0, min_inclusive=False),
+        metadata={"description": "search radius in `unit`; none means anywhere"},
+    )
+    unit = ma.fields.String(load_default="mi", validate=validate.OneOf(["mi", "km"]))
+    limit = ma.fields.Integer(load_default=5, validate=validate.Range(min=1, max=50))
+
+    @ma.validates_schema
+    def check_origin_and_radius(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        errors: dict[str, list[str]] = {}
+        forms: list[str] = []
+        if "lat" in data or "lon" in data:
+            for name, other in (("lat", "lon"), ("lon", "lat")):
+                if name not in data:
+                    errors[name] = [f"required together with {other}"]
+            forms.append("lat/lon")
+        if "zip" in data:
+            forms.append("zip")
+        if "city" in data or "state" in data:
+            for name, other in (("city", "state"), ("state", "city")):
+                if name not in data:
+                    errors[name] = [f"required together with {other}"]
+            forms.append("city/state")
+        if "address" in data:
+            forms.append("address")
+        if not forms:
+            errors["origin"] = ["give one origin: lat and lon, zip, city and state, or address"]
+        elif len(forms) > 1:
+            message = f"give only one origin, not {' and '.join(forms)}"
+            for name in ("lat", "lon", "zip", "city", "state", "address"):
+                if name in data:
+                    errors.setdefault(name, []).append(message)
+        if "radius" in data:
+            radius_km = data["radius"] if data["unit"] == "km" else miles_to_km(data["radius"])
+            max_km = float(current_app.config["NEAREST_MAX_RADIUS_KM"])
+            if radius_km > max_km:
+                errors["radius"] = [f"at most {max_km:g} km ({max_km / 1.609344:.0f} mi)"]
+        if errors:
+            raise ma.ValidationError(errors)

@@ -1,0 +1,1 @@
+"""Geography: the geocoder chain (offline gazetteer, then an optional geopy provider)."""

@@ -1,0 +1,167 @@
+"""The geocoder chain: the offline gazetteer first, then (only when configured) a network
+geocoder, then the gazetteer's coarser answer for what the network could not place."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import Flask, current_app
+
+from referral.db import get_database
+from referral.directory.models import GeocodePrecision
+from referral.geo.gazetteer import Gazetteer, Place, get_gazetteer
+from referral.geo.network import NetworkGeocoder
+
+_ZIP_ANYWHERE = re.compile(r"\b(\d{5})(?:-\d{4})?\b")
+_STATE_ZIP_TAIL = re.compile(r"^\s*([A-Za-z]{2})(?:\s+\d{5}(?:-\d{4})?)?\s*$")
+
+
+@dataclass(frozen=True)
+class GeocodeResult:
+    lat: float
+    lon: float
+    precision: GeocodePrecision
+    source: str
+    time_zone: str | None = None
+    label: str | None = None
+
+    @classmethod
+    def from_place(cls, place: Place) -> GeocodeResult:
+        return cls(
+            lat=place.lat,
+            lon=place.lon,
+            precision=place.precision,
+            source=place.source,
+            time_zone=place.time_zone,
+            label=place.label,
+        )
+
+
+@dataclass(frozen=True)
+class ParsedAddress:
+    """What the gazetteer can read from free text: a ZIP, and a trailing "City, ST"."""
+
+    zip: str | None
+    city: str | None
+    state: str | None
+    is_only_zip: bool
+    is_only_city: bool
+
+
+def parse_address(text: str) -> ParsedAddress:
+    stripped = text.strip()
+    zips = _ZIP_ANYWHERE.findall(stripped)
+    parts = [part.strip() for part in stripped.split(",") if part.strip()]
+    city = state = None
+    if len(parts) >= 2:
+        tail = _STATE_ZIP_TAIL.match(parts[-1])
+        if tail:
+            city, state = parts[-2], tail.group(1).upper()
+    is_only_zip = bool(zips) and _ZIP_ANYWHERE.fullmatch(stripped) is not None
+    return ParsedAddress(
+        zip=zips[-1] if zips else None,
+        city=city,
+        state=state,
+        is_only_zip=is_only_zip,
+        is_only_city=len(parts) == 2 and city is not None and not zips,
+    )
+
+
+class GeocoderChain:
+    def __init__(self, gazetteer: Callable[[], Gazetteer], network: NetworkGeocoder | None) -> None:
+        self._gazetteer = gazetteer
+        self.network = network
+
+    @property
+    def gazetteer(self) -> Gazetteer:
+        return self._gazetteer()
+
+    def zip(self, zip_code: str) -> GeocodeResult | None:
+        place = self.gazetteer.zip_place(zip_code)
+        return GeocodeResult.from_place(place) if place else None
+
+    def city(self, city: str, state: str) -> GeocodeResult | None:
+        place = self.gazetteer.city_place(city, state)
+        return GeocodeResult.from_place(place) if place else None
+
+    def text(self, text: str) -> GeocodeResult | None:
+        """Free text: an address, or just a ZIP or "City, ST"."""
+        parsed = parse_address(text)
+        if parsed.is_only_zip and parsed.zip:
+            return self.zip(parsed.zip)
+        if parsed.is_only_city and parsed.city and parsed.state:
+            return self.city(parsed.city, parsed.state)
+        return self._network_then_coarse(text, parsed)
+
+    def location(
+        self,
+        *,
+        address_line1: str | None,
+        city: str | None,
+        state: str | None,
+        zip_code: str | None,
+        use_network: bool = True,
+    ) -> GeocodeResult | None:
+        """A directory location's fields: street-level if a network geocoder can, else the
+        ZIP centroid, else the city centroid."""
+        parsed = ParsedAddress(zip_code, city, state, is_only_zip=False, is_only_city=False)
+        if address_line1 and use_network and self.network is not None:
+            where = ", ".join(part for part in (address_line1, city) if part)
+            tail = " ".join(part for part in (state, zip_code) if part)
+            return self._network_then_coarse(f"{where}, {tail}" if tail else where, parsed)
+        return self._coarse(parsed)
+
+    def _network_then_coarse(self, text: str, parsed: ParsedAddress) -> GeocodeResult | None:
+        coarse = self._coarse(parsed)
+        if self.network is not None:
+            found = self.network.geocode(text)
+            if found is not None:
+                return GeocodeResult(
+                    lat=found.lat,
+                    lon=found.lon,
+                    precision=found.precision,
+                    source=found.source,
+                    time_zone=coarse.time_zone if coarse else None,
+                    label=coarse.label if coarse else None,
+                )
+        return coarse
+
+    def _coarse(self, parsed: ParsedAddress) -> GeocodeResult | None:
+        if parsed.zip:
+            found = self.zip(parsed.zip)
+            if found:
+                return found
+        if parsed.city and parsed.state:
+            return self.city(parsed.city, parsed.state)
+        return None
+
+
+def build_chain(app: Flask) -> GeocoderChain:
+    network = None
+    provider = app.config.get("GEOCODER")
+    if provider:
+        database = get_database(app)
+        network = NetworkGeocoder(
+            str(provider),
+            dict(app.config.get("GEOCODER_OPTIONS") or {}),
+            engine_factory=lambda: database.engine,
+            min_delay_seconds=float(app.config["GEOCODER_MIN_DELAY_SECONDS"]),
+            timeout_seconds=float(app.config["GEOCODER_TIMEOUT_SECONDS"]),
+            cache_ttl=timedelta(days=float(app.config["GEOCODE_CACHE_TTL_DAYS"])),
+            query_options=dict(app.config.get("GEOCODER_QUERY_OPTIONS") or {}),
+        )
+    return GeocoderChain(get_gazetteer, network)
+
+
+def init_app(app: Flask) -> None:
+    # Built at start-up so a misconfigured geocoder fails loudly, not on the first query;
+    # the gazetteer's tables load on first use.
+    app.extensions["referral_geocoder"] = build_chain(app)
+
+
+def get_geocoder(app: Flask | None = None) -> GeocoderChain:
+    chain: GeocoderChain = (app or current_app).extensions["referral_geocoder"]
+    return chain

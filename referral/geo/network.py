@@ -1,0 +1,176 @@
+"""An optional network geocoder: any geopy provider, rate limited, cached in the database."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from geopy.exc import GeopyError
+from geopy.extra.rate_limiter import RateLimiter
+from geopy.geocoders import get_geocoder_for_service
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from referral.directory.models import GeocodePrecision
+from referral.geo.models import GeocodeCacheEntry
+from referral.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class GeocoderConfigError(ValueError):
+    """The configured geocoder cannot be used as configured."""
+
+
+@dataclass(frozen=True)
+class NetworkResult:
+    lat: float
+    lon: float
+    precision: GeocodePrecision
+    source: str
+
+
+def nominatim_precision(raw: dict[str, Any]) -> GeocodePrecision:
+    """Nominatim says what it found in ``class``/``type`` (and ``addresstype`` lately)."""
+    kind = str(raw.get("addresstype") or raw.get("type") or "")
+    category = str(raw.get("class") or raw.get("category") or "")
+    if kind in {"house", "building", "apartments", "commercial", "office"} or category in {
+        "building",
+        "amenity",
+        "office",
+        "healthcare",
+        "shop",
+    }:
+        return GeocodePrecision.ROOFTOP
+    if category == "highway" or kind in {"road", "street", "residential"}:
+        return GeocodePrecision.STREET
+    if kind == "postcode":
+        return GeocodePrecision.POSTAL_CODE
+    return GeocodePrecision.CITY
+
+
+def google_precision(raw: dict[str, Any]) -> GeocodePrecision:
+    location_type = raw.get("geometry", {}).get("location_type")
+    return {
+        "ROOFTOP": GeocodePrecision.ROOFTOP,
+        "RANGE_INTERPOLATED": GeocodePrecision.STREET,
+        "GEOMETRIC_CENTER": GeocodePrecision.STREET,
+    }.get(location_type, GeocodePrecision.CITY)
+
+
+# Providers whose answers say how precise they are; any other is taken as city-level,
+# because claiming more precision than we know would be untruthful.
+PRECISION_READERS: dict[str, Callable[[dict[str, Any]], GeocodePrecision]] = {
+    "nominatim": nominatim_precision,
+    "googlev3": google_precision,
+}
+
+
+class NetworkGeocoder:
+    def __init__(
+        self,
+        provider: str,
+        options: dict[str, Any],
+        *,
+        engine_factory: Callable[[], Engine],
+        min_delay_seconds: float = 1.0,
+        timeout_seconds: float = 5.0,
+        cache_ttl: timedelta = timedelta(days=90),
+        query_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.provider = provider.lower()
+        try:
+            geocoder_class = get_geocoder_for_service(self.provider)
+        except GeopyError as exc:
+            raise GeocoderConfigError(f"unknown geocoder {provider!r}") from exc
+        options = dict(options)
+        if self.provider == "nominatim":
+            agent = str(options.get("user_agent") or "")
+            # Nominatim's usage policy: identify the application; geopy's default is refused.
+            if not agent or agent.startswith("geopy"):
+                raise GeocoderConfigError(
+                    "Nominatim needs a real User-Agent: set REFERRAL_GEOCODER_OPTIONS to "
+                    '{"user_agent": "your-app/1.0 (contact@example.org)"}'
+                )
+            min_delay_seconds = max(min_delay_seconds, 1.0)
+        options.setdefault("timeout", timeout_seconds)
+        self._geocoder = geocoder_class(**options)
+        self._geocode = RateLimiter(
+            self._geocoder.geocode,
+            min_delay_seconds=min_delay_seconds,
+            max_retries=1,
+            error_wait_seconds=min_delay_seconds,
+            swallow_exceptions=False,
+        )
+        self._query_options = dict(query_options or {})
+        if self.provider == "nominatim":
+            self._query_options.setdefault("country_codes", "us")
+        self._engine_factory = engine_factory
+        self._cache_ttl = cache_ttl
+        self._read_precision = PRECISION_READERS.get(
+            self.provider, lambda _raw: GeocodePrecision.CITY
+        )
+
+    @property
+    def source(self) -> str:
+        return f"geopy {self.provider}"
+
+    def cache_key(self, query: str) -> str:
+        normalized = " ".join(query.casefold().split())
+        return hashlib.sha256(f"{self.provider}\n{normalized}".encode()).hexdigest()
+
+    def geocode(self, query: str) -> NetworkResult | None:
+        key = self.cache_key(query)
+        with Session(self._engine_factory()) as session:
+            cached = session.get(GeocodeCacheEntry, key)
+            if cached is not None and not self._expired(cached):
+                log.debug("geocode cache hit", extra={"provider": self.provider})
+                return self._from_cache(cached)
+        try:
+            location = self._geocode(query, exactly_one=True, **self._query_options)
+        except GeopyError as exc:
+            # The query may be a patient's address: log the failure, never the text.
+            log.warning("geocoder %s failed: %s", self.provider, type(exc).__name__)
+            return None
+        if location is None:
+            entry = GeocodeCacheEntry(key=key, provider=self.provider, found=False)
+        else:
+            entry = GeocodeCacheEntry(
+                key=key,
+                provider=self.provider,
+                found=True,
+                lat=float(location.latitude),
+                lon=float(location.longitude),
+                precision=self._read_precision(location.raw).value,
+            )
+        self._store(entry)
+        return self._from_cache(entry)
+
+    def _expired(self, entry: GeocodeCacheEntry) -> bool:
+        created = entry.created_at
+        if created.tzinfo is None:  # SQLite hands back naive datetimes
+            created = created.replace(tzinfo=utcnow().tzinfo)
+        return utcnow() - created > self._cache_ttl
+
+    def _store(self, entry: GeocodeCacheEntry) -> None:
+        with Session(self._engine_factory()) as session:
+            try:
+                session.merge(entry)
+                session.commit()
+            except IntegrityError:  # another worker cached the same query first
+                session.rollback()
+
+    def _from_cache(self, entry: GeocodeCacheEntry) -> NetworkResult | None:
+        if not entry.found or entry.lat is None or entry.lon is None:
+            return None
+        return NetworkResult(
+            lat=entry.lat,
+            lon=entry.lon,
+            precision=GeocodePrecision(entry.precision or GeocodePrecision.CITY),
+            source=self.source,
+        )

@@ -1,0 +1,54 @@
+"""The HTTP edge: the Api, errors, CORS for the public directory, the offline docs UI."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Flask, Response, request
+from flask_cors import CORS
+from swagger_ui_bundle import swagger_ui_path
+
+from referral.web.api import ReferralApi
+
+# Public, read-only endpoints any site may call from a browser.
+PUBLIC_PATHS = r"/v1/(clinics|locations|specialties)(/.*)?"
+PUBLIC_PATH_RE = re.compile(PUBLIC_PATHS)
+
+
+def init_web(app: Flask) -> None:
+    from referral.directory.views import clinics_blp, locations_blp, specialties_blp
+    from referral.geo.chain import init_app as init_geocoder
+
+    init_geocoder(app)
+    api = ReferralApi(app)
+    for blp in (clinics_blp, locations_blp, specialties_blp):
+        api.register_blueprint(blp)
+    app.extensions["referral_api"] = api
+
+    CORS(
+        app,
+        resources={PUBLIC_PATHS: {"origins": "*"}},
+        methods=["GET", "HEAD", "OPTIONS"],
+        expose_headers=["ETag", "X-Pagination"],
+        max_age=3600,
+    )
+    app.register_blueprint(
+        Blueprint(
+            "docs_assets",
+            __name__,
+            static_folder=str(swagger_ui_path),
+            static_url_path="/docs/assets",
+        )
+    )
+
+    @app.after_request
+    def cache_public_reads(response: Response) -> Response:
+        if (
+            request.method in ("GET", "HEAD")
+            and PUBLIC_PATH_RE.fullmatch(request.path)
+            and response.status_code == 200
+            and "Cache-Control" not in response.headers
+        ):
+            max_age = int(app.config["PUBLIC_CACHE_MAX_AGE"])
+            response.headers["Cache-Control"] = f"public, max-age={max_age}"
+        return response
