@@ -1,17 +1,12 @@
-"""The ``referral`` command: a Flask CLI group with db, seed and serve."""
+"""The ``referral`` console script: a Flask CLI group over create_app (see commands.py)."""
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import click
-from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask import Flask
+from flask.cli import FlaskGroup
 
 from referral import create_app
-from referral.migrations import runner
 
 
 def _app_factory() -> Flask:
@@ -21,78 +16,3 @@ def _app_factory() -> Flask:
 @click.group(cls=FlaskGroup, create_app=_app_factory)
 def main() -> None:
     """referral: the clinic directory and referral service."""
-
-
-@main.group()
-def db() -> None:
-    """Database schema (alembic migrations: the only way the schema is made)."""
-
-
-@db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
-@with_appcontext
-def db_upgrade(revision: str) -> None:
-    """Migrate the database up to REVISION."""
-    runner.upgrade(current_app, revision)
-    click.echo(f"database at {runner.current_revision(current_app)}")
-
-
-@db.command("downgrade")
-@click.argument("revision")
-@with_appcontext
-def db_downgrade(revision: str) -> None:
-    """Migrate the database down to REVISION (e.g. base)."""
-    runner.downgrade(current_app, revision)
-    click.echo(f"database at {runner.current_revision(current_app)}")
-
-
-@db.command("current")
-@with_appcontext
-def db_current() -> None:
-    """Show the database's revision and the code's head."""
-    click.echo(f"current: {runner.current_revision(current_app)}")
-    click.echo(f"head: {runner.head_revision(current_app)}")
-
-
-@db.command("revision")
-@click.option("-m", "--message", required=True)
-@with_appcontext
-def db_revision(message: str) -> None:
-    """Write a new migration from the difference between the models and the database."""
-    runner.make_revision(current_app, message)
-
-
-@main.command("seed")
-@with_appcontext
-def seed() -> None:
-    """Migrate, then load seed_data/ (idempotent: a second run changes nothing)."""
-    from referral.db import session_scope
-    from referral.directory.seed import seed_directory
-    from referral.geo.chain import get_geocoder
-
-    runner.upgrade(current_app)
-    with session_scope() as session:
-        report = seed_directory(session, Path(current_app.config["SEED_DATA_DIR"]), get_geocoder())
-    for kind in ("specialty", "clinic", "location"):
-        click.echo(
-            f"{kind}: {report.created[kind]} created, {report.updated[kind]} updated, "
-            f"{report.unchanged[kind]} unchanged"
-        )
-
-
-@main.command("serve", context_settings={"ignore_unknown_options": True})
-@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="HOST:PORT")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
-@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
-def serve(bind: str, workers: int, gunicorn_args: tuple[str, ...]) -> None:
-    """Serve referral:create_app() with gunicorn (extra arguments go to gunicorn)."""
-    argv = [
-        sys.executable, "-m", "gunicorn",
-        "--bind", bind,
-        "--workers", str(workers),
-        *gunicorn_args,
-        "referral:create_app()",
-    ]  # fmt: skip
-    click.echo(f"serving on http://{bind}", err=True)
-    # exec: gunicorn becomes this process, so signals reach it directly.
-    os.execv(sys.executable, argv)

@@ -28,6 +28,8 @@ def init_web(app: Flask) -> None:
     CORS(
         app,
         resources={PUBLIC_PATHS: {"origins": "*"}},
+        # "*" rather than the echoed Origin: one cached answer serves every embedding site.
+        send_wildcard=True,
         methods=["GET", "HEAD", "OPTIONS"],
         expose_headers=["ETag", "X-Pagination"],
         max_age=3600,

@@ -1,0 +1,236 @@
+"""Nearest search agrees with an independent brute-force geodesic computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from geographiclib.geodesic import Geodesic
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import StoredLocation, stored_locations
+
+KM_PER_MILE = 1.609344
+
+
+def brute_force(
+    locations: list[StoredLocation],
+    lat: float,
+    lon: float,
+    *,
+    specialties: frozenset[str] = frozenset(),
+    radius_km: float | None = None,
+) -> list[tuple[float, int]]:
+    """(distance_km, location id) of every matching location, nearest first, ties by id."""
+    ranked = []
+    for location in locations:
+        if not specialties <= location.specialties:
+            continue
+        km = Geodesic.WGS84.Inverse(lat, lon, location.lat, location.lon)["s12"] / 1000
+        if radius_km is None or km <= radius_km:
+            ranked.append((km, location.id))
+    return sorted(ranked)
+
+
+def assert_matches(body: dict, expected: list[tuple[float, int]], limit: int) -> None:
+    results = body["results"]
+    assert [hit["location"]["id"] for hit in results] == [loc_id for _, loc_id in expected[:limit]]
+    for hit, (km, _) in zip(results, expected, strict=False):
+        assert hit["distance_km"] == pytest.approx(km, abs=0.001)
+        assert hit["distance_mi"] == pytest.approx(km / KM_PER_MILE, abs=0.001)
+    assert body["count"] == len(results)
+
+
+def test_zip_78201_returns_san_antonio_first(client):
+    body = client.get("/v1/locations/nearest?zip=78201&limit=3").get_json()
+    assert body["origin"]["resolved_from"] == "zip"
+    assert body["origin"]["precision"] == "postal_code"
+    assert body["origin"]["label"] == "San Antonio, TX 78201"
+    assert body["origin"]["lat"] == pytest.approx(29.47, abs=0.01)
+    names = [hit["clinic"]["name"] for hit in body["results"]]
+    assert sorted(names) == [
+        "Evidence in Motion (EIM)",
+        "Fit for Work",
+        "Texas Physical Therapy Specialists",
+    ]
+    assert all(hit["location"]["city"] == "San Antonio" for hit in body["results"])
+    assert all(hit["distance_mi"] < 5 for hit in body["results"])
+
+
+ORIGIN_ZIPS = ["78201", "55413", "55433", "10001", "99501", "96813", "33101", "80521", "02903"]
+
+
+@pytest.mark.parametrize("zip_code", ORIGIN_ZIPS)
+def test_agrees_with_brute_force_from_zip(app, client, zip_code):
+    body = client.get(f"/v1/locations/nearest?zip={zip_code}&limit=50").get_json()
+    origin = body["origin"]
+    expected = brute_force(stored_locations(app), origin["lat"], origin["lon"])
+    assert len(body["results"]) == 36
+    assert_matches(body, expected, 50)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    lat=st.floats(min_value=-90, max_value=90, allow_nan=False),
+    lon=st.floats(min_value=-180, max_value=180, allow_nan=False),
+    limit=st.integers(min_value=1, max_value=50),
+    radius_km=st.one_of(st.none(), st.floats(min_value=0.5, max_value=5000)),
+    specialty=st.sampled_from([None, "sports", "orthopedic", "running"]),
+)
+def test_agrees_with_brute_force_anywhere(app, client, lat, lon, limit, radius_km, specialty):
+    query = {"lat": lat, "lon": lon, "limit": limit, "unit": "km"}
+    if radius_km is not None:
+        query["radius"] = radius_km
+    if specialty:
+        query["specialty"] = specialty
+    response = client.get("/v1/locations/nearest", query_string=query)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    wanted = frozenset([specialty]) if specialty else frozenset()
+    expected = brute_force(stored_locations(app), lat, lon, specialties=wanted, radius_km=radius_km)
+    assert_matches(body, expected, limit)
+    if radius_km is not None and not expected:
+        anywhere = brute_force(stored_locations(app), lat, lon, specialties=wanted)
+        outside = body["nearest_outside_radius"]
+        assert outside["location"]["id"] == anywhere[0][1]
+        assert outside["distance_km"] > radius_km
+    else:
+        assert body["nearest_outside_radius"] is None
+
+
+def test_results_are_in_nondecreasing_distance(client):
+    body = client.get("/v1/locations/nearest?lat=39.5&lon=-98.35&limit=50").get_json()
+    distances = [hit["distance_km"] for hit in body["results"]]
+    assert distances == sorted(distances)
+    assert len(distances) == 36
+
+
+def test_radius_in_miles_and_km(app, client):
+    # Louisville, KY: Confluent Health and ProRehab PT in town; Lexington about 110 km away.
+    origin = client.get("/v1/locations/nearest?city=Louisville&state=KY").get_json()["origin"]
+    for unit, radius in (("mi", 50), ("km", 80.4672)):
+        body = client.get(
+            f"/v1/locations/nearest?city=Louisville&state=KY&radius={radius}&unit={unit}&limit=50"
+        ).get_json()
+        assert body["radius"]["unit"] == unit
+        assert body["radius"]["km"] == pytest.approx(80.4672, abs=1e-6)
+        expected = brute_force(
+            stored_locations(app), origin["lat"], origin["lon"], radius_km=80.4672
+        )
+        assert_matches(body, expected, 50)
+        assert {hit["location"]["city"] for hit in body["results"]} == {"Louisville"}
+    wider = client.get("/v1/locations/nearest?city=Louisville&state=KY&radius=150&unit=km")
+    assert "Lexington" in {hit["location"]["city"] for hit in wider.get_json()["results"]}
+
+
+def test_limit_defaults_to_5_and_is_respected(client):
+    assert len(client.get("/v1/locations/nearest?zip=40202").get_json()["results"]) == 5
+    assert len(client.get("/v1/locations/nearest?zip=40202&limit=2").get_json()["results"]) == 2
+    assert len(client.get("/v1/locations/nearest?zip=40202&limit=50").get_json()["results"]) == 36
+
+
+def test_specialty_filter_requires_all(client):
+    both = client.get(
+        "/v1/locations/nearest?zip=40502&specialty=orthopedic&specialty=sports&limit=50"
+    ).get_json()
+    assert {hit["clinic"]["name"] for hit in both["results"]} == {
+        "Orthopedic & Sports Physical Therapy",
+        "Tallahassee Orthopedic & Sports Physical Therapy",
+    }
+    assert both["specialties"] == ["orthopedic", "sports"]
+    sports = client.get("/v1/locations/nearest?zip=40502&specialty=sports&limit=50").get_json()
+    sports_names = {hit["clinic"]["name"] for hit in sports["results"]}
+    assert {"Xcel Sports Medicine", "PRO Therapy"} <= sports_names
+    for hit in sports["results"]:
+        assert "sports" in hit["clinic"]["specialties"]
+
+
+def test_running_low_back_from_minneapolis_finds_pro_therapy(client):
+    body = client.get(
+        "/v1/locations/nearest?zip=55413&specialty=running&specialty=spine&limit=1"
+    ).get_json()
+    hit = body["results"][0]
+    assert hit["clinic"]["name"] == "PRO Therapy"
+    assert hit["location"]["address_line1"] == "2112 Broadway Street NE"
+    assert hit["distance_km"] == pytest.approx(0, abs=0.01)
+
+
+def test_nothing_inside_radius_gives_nearest_outside(client):
+    body = client.get("/v1/locations/nearest?zip=99501&radius=25").get_json()
+    assert body["results"] == []
+    assert body["count"] == 0
+    outside = body["nearest_outside_radius"]
+    assert outside["location"]["city"] == "Seattle"
+    assert outside["distance_mi"] > 1000
+
+
+def test_nearest_outside_radius_respects_specialty(client):
+    body = client.get("/v1/locations/nearest?zip=99501&radius=25&specialty=running").get_json()
+    assert body["nearest_outside_radius"]["clinic"]["name"] == "PRO Therapy"
+
+
+def test_city_state_origin(client):
+    body = client.get("/v1/locations/nearest?city=san antonio&state=tx&limit=1").get_json()
+    assert body["origin"]["resolved_from"] == "city"
+    assert body["origin"]["precision"] == "city"
+    assert body["results"][0]["location"]["city"] == "San Antonio"
+    assert body["results"][0]["distance_km"] == pytest.approx(0, abs=0.001)
+
+
+def test_address_origin_offline_uses_zip_then_city(client):
+    with_zip = client.get(
+        "/v1/locations/nearest",
+        query_string={"address": "2112 Broadway Street NE, Suite 195, Minneapolis, MN 55413"},
+    ).get_json()
+    assert with_zip["origin"]["resolved_from"] == "address"
+    assert with_zip["origin"]["precision"] == "postal_code"
+    assert with_zip["results"][0]["clinic"]["name"] == "PRO Therapy"
+    city_only = client.get(
+        "/v1/locations/nearest", query_string={"address": "100 Main St, Tulsa, OK"}
+    ).get_json()
+    assert city_only["origin"]["precision"] == "city"
+    assert city_only["results"][0]["clinic"]["name"] == "Redbud Physical Therapy"
+
+
+def test_distances_are_geodesic_not_spherical(client):
+    # Seattle to Providence: a spherical formula is off by kilometres at this range.
+    body = client.get("/v1/locations/nearest?city=Seattle&state=WA&limit=50").get_json()
+    origin = body["origin"]
+    providence = next(h for h in body["results"] if h["location"]["city"] == "Providence")
+    loc = providence["location"]
+    geodesic = Geodesic.WGS84.Inverse(origin["lat"], origin["lon"], loc["lat"], loc["lon"])
+    assert providence["distance_km"] == pytest.approx(geodesic["s12"] / 1000, abs=0.001)
+    phi1, phi2 = math.radians(origin["lat"]), math.radians(loc["lat"])
+    dlon = math.radians(loc["lon"] - origin["lon"])
+    spherical = 6371.0 * math.acos(
+        math.sin(phi1) * math.sin(phi2) + math.cos(phi1) * math.cos(phi2) * math.cos(dlon)
+    )
+    assert abs(spherical - providence["distance_km"]) > 1.0
+
+
+def test_inactive_clinics_and_locations_are_not_answered(app, client):
+    from sqlmodel import Session, select
+
+    from referral.db import get_database
+    from referral.directory.models import Clinic, Location
+
+    with Session(get_database(app).engine) as session:
+        eim = session.exec(select(Clinic).where(Clinic.seed_key == "evidence-in-motion-eim")).one()
+        eim.active = False
+        texas = session.exec(
+            select(Location).where(
+                Location.seed_key == "texas-physical-therapy-specialists-san-antonio"
+            )
+        ).one()
+        texas.active = False
+        session.commit()
+    body = client.get("/v1/locations/nearest?zip=78201&limit=3").get_json()
+    names = [hit["clinic"]["name"] for hit in body["results"]]
+    assert "Evidence in Motion (EIM)" not in names
+    assert names[0] == "Fit for Work"
+    assert all(hit["location"]["city"] != "San Antonio" for hit in body["results"][1:])
