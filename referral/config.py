@@ -15,6 +15,9 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "DATABASE_ECHO": False,
         "SQLITE_BUSY_TIMEOUT_MS": 5000,
         "SEED_DATA_DIR": str(REPO_ROOT / "seed_data"),
+        # Where the gazetteer's compact index is cached (built once from zipcodes); None: the
+        # instance folder.
+        "GAZETTEER_CACHE_DIR": None,
         # Network geocoder: off unless named (e.g. "nominatim"); options go to geopy's class.
         "GEOCODER": None,
         "GEOCODER_OPTIONS": {},

@@ -153,7 +153,8 @@ def build_chain(app: Flask) -> GeocoderChain:
             cache_ttl=timedelta(days=float(app.config["GEOCODE_CACHE_TTL_DAYS"])),
             query_options=dict(app.config.get("GEOCODER_QUERY_OPTIONS") or {}),
         )
-    return GeocoderChain(get_gazetteer, network)
+    cache_dir = app.config.get("GAZETTEER_CACHE_DIR") or app.instance_path
+    return GeocoderChain(lambda: get_gazetteer(str(cache_dir)), network)
 
 
 def init_app(app: Flask) -> None:
