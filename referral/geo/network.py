@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from geopy.exc import GeopyError
+from geopy.exc import GeocoderServiceError, GeopyError
 from geopy.extra.rate_limiter import RateLimiter
 from geopy.geocoders import get_geocoder_for_service
 from sqlalchemy.engine import Engine
@@ -37,21 +37,21 @@ class NetworkResult:
 
 def nominatim_precision(raw: dict[str, Any]) -> GeocodePrecision:
     """Nominatim says what it found in ``class``/``type`` (and ``addresstype`` lately)."""
-    kind = str(raw.get("addresstype") or raw.get("type") or "")
+    # Both are read: an address point is class "place", type "house", addresstype "place".
+    kinds = {str(raw.get("type") or ""), str(raw.get("addresstype") or "")}
     category = str(raw.get("class") or raw.get("category") or "")
-    if kind in {"house", "building", "apartments", "commercial", "office"} or category in {
-        "building",
-        "amenity",
-        "office",
-        "healthcare",
-        "shop",
-    }:
+    if kinds & _NOMINATIM_ROOFTOP_KINDS or category in _NOMINATIM_ROOFTOP_CLASSES:
         return GeocodePrecision.ROOFTOP
-    if category == "highway" or kind in {"road", "street", "residential"}:
+    # "residential" alone is also a land use (an area), so only a highway's counts as a street.
+    if category == "highway" or kinds & {"road", "street"}:
         return GeocodePrecision.STREET
-    if kind == "postcode":
+    if kinds & {"postcode", "postal_code"}:
         return GeocodePrecision.POSTAL_CODE
     return GeocodePrecision.CITY
+
+
+_NOMINATIM_ROOFTOP_KINDS = {"house", "building", "apartments", "commercial", "office"}
+_NOMINATIM_ROOFTOP_CLASSES = {"building", "amenity", "office", "healthcare", "shop"}
 
 
 def google_precision(raw: dict[str, Any]) -> GeocodePrecision:
@@ -99,12 +99,16 @@ class NetworkGeocoder:
                 )
             min_delay_seconds = max(min_delay_seconds, 1.0)
         options.setdefault("timeout", timeout_seconds)
-        self._geocoder = geocoder_class(**options)
+        try:
+            self._geocoder = geocoder_class(**options)
+        except (GeopyError, TypeError, ValueError) as exc:
+            # An unknown option, or an agent geopy itself refuses: still a configuration error.
+            raise GeocoderConfigError(f"geocoder {provider!r}: {exc}") from exc
+        # No retries here: RateLimiter's retry warning logs the call's arguments, the address.
         self._geocode = RateLimiter(
             self._geocoder.geocode,
             min_delay_seconds=min_delay_seconds,
-            max_retries=1,
-            error_wait_seconds=min_delay_seconds,
+            max_retries=0,
             swallow_exceptions=False,
         )
         self._query_options = dict(query_options or {})
@@ -132,7 +136,7 @@ class NetworkGeocoder:
                 log.debug("geocode cache hit", extra={"provider": self.provider})
                 return self._from_cache(cached)
         try:
-            location = self._geocode(query, exactly_one=True, **self._query_options)
+            location = self._lookup(query)
         except GeopyError as exc:
             # The query may be a patient's address: log the failure, never the text.
             log.warning("geocoder %s failed: %s", self.provider, type(exc).__name__)
@@ -150,6 +154,14 @@ class NetworkGeocoder:
             )
         self._store(entry)
         return self._from_cache(entry)
+
+    def _lookup(self, query: str) -> Any:
+        """geopy's answer, with one retry after a service error (the rate limiter spaces it)."""
+        try:
+            return self._geocode(query, exactly_one=True, **self._query_options)
+        except GeocoderServiceError as exc:
+            log.info("geocoder %s failed, retrying once: %s", self.provider, type(exc).__name__)
+        return self._geocode(query, exactly_one=True, **self._query_options)
 
     def _expired(self, entry: GeocodeCacheEntry) -> bool:
         created = entry.created_at
