@@ -21,6 +21,8 @@ from referral.geo.models import GeocodeCacheEntry
 from referral.timeutil import utcnow
 
 log = logging.getLogger(__name__)
+# geopy logs request URLs (the address, maybe a patient's) at DEBUG: never let that through.
+logging.getLogger("geopy").setLevel(logging.INFO)
 
 
 class GeocoderConfigError(ValueError):
