@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -14,7 +13,10 @@ from referral.migrations import runner
 
 
 def init_app(app: Flask) -> None:
-    for command in (db, seed, serve):
+    from referral.auth.commands import keys
+    from referral.referrals.commands import referrals
+
+    for command in (db, seed, serve, keys, referrals):
         app.cli.add_command(command)
 
 
@@ -62,13 +64,13 @@ def db_revision(message: str) -> None:
 def seed() -> None:
     """Migrate, then load seed_data/ (idempotent: a second run changes nothing)."""
     from referral.db import session_scope
-    from referral.directory.seed import seed_directory
-    from referral.geo.chain import get_geocoder
+    from referral.directory.seed import KINDS
+    from referral.seed import seed_all
 
     runner.upgrade(current_app)
     with session_scope() as session:
-        report = seed_directory(session, Path(current_app.config["SEED_DATA_DIR"]), get_geocoder())
-    for kind in ("specialty", "clinic", "location"):
+        report = seed_all(session, current_app._get_current_object())  # type: ignore[attr-defined]
+    for kind in KINDS:
         click.echo(
             f"{kind}: {report.created[kind]} created, {report.updated[kind]} updated, "
             f"{report.unchanged[kind]} unchanged"

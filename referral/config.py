@@ -28,6 +28,12 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "NEAREST_DEFAULT_LIMIT": 5,
         "NEAREST_MAX_LIMIT": 50,
         "NEAREST_MAX_RADIUS_KM": 5000.0,
+        # Request bodies beyond this are refused with 413 before they are read.
+        "MAX_CONTENT_LENGTH": 64 * 1024,
+        # Idempotency-Key records: kept at least a day so late retries still replay.
+        "IDEMPOTENCY_RETENTION_HOURS": 48,
+        # An in-flight key older than this belonged to a request that died: retries take over.
+        "IDEMPOTENCY_STALE_SECONDS": 60,
         # Public GETs may be cached briefly by browsers and CDNs.
         "PUBLIC_CACHE_MAX_AGE": 60,
         # flask-smorest / OpenAPI.

@@ -1,6 +1,30 @@
 """Every table, imported in one place so migrations and metadata see them all."""
 
+from referral.auth.models import ApiKey
 from referral.directory.models import Clinic, ClinicSpecialty, Location, Specialty
 from referral.geo.models import GeocodeCacheEntry
+from referral.referrals.models import (
+    AuditEvent,
+    Concern,
+    ConcernSpecialty,
+    IdempotencyRecord,
+    RedFlag,
+    Referral,
+    ReferralEvent,
+)
 
-__all__ = ["Clinic", "ClinicSpecialty", "GeocodeCacheEntry", "Location", "Specialty"]
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Clinic",
+    "ClinicSpecialty",
+    "Concern",
+    "ConcernSpecialty",
+    "GeocodeCacheEntry",
+    "IdempotencyRecord",
+    "Location",
+    "RedFlag",
+    "Referral",
+    "ReferralEvent",
+    "Specialty",
+]

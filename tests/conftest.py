@@ -22,9 +22,8 @@ from sqlalchemy.engine import make_url
 
 from referral import create_app
 from referral.db import get_database, session_scope
-from referral.directory.seed import seed_directory
-from referral.geo.chain import get_geocoder
 from referral.migrations import runner as migrations
+from referral.seed import seed_all
 
 POSTGRES_ENV = "REFERRAL_TEST_POSTGRES_URL"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +38,7 @@ def migrate_and_seed(database_url: str) -> None:
     app = build_app(database_url)
     migrations.upgrade(app)
     with app.app_context(), session_scope(app) as session:
-        seed_directory(session, Path(app.config["SEED_DATA_DIR"]), get_geocoder(app))
+        seed_all(session, app)
     get_database(app).dispose()
 
 

@@ -184,33 +184,48 @@ class NearestQueryArgsSchema(_QueryArgs):
 
     @ma.validates_schema
     def check_origin_and_radius(self, data: dict[str, Any], **_kwargs: Any) -> None:
-        errors: dict[str, list[str]] = {}
-        forms: list[str] = []
-        if "lat" in data or "lon" in data:
-            for name, other in (("lat", "lon"), ("lon", "lat")):
-                if name not in data:
-                    errors[name] = [f"required together with {other}"]
-            forms.append("lat/lon")
-        if "zip" in data:
-            forms.append("zip")
-        if "city" in data or "state" in data:
-            for name, other in (("city", "state"), ("state", "city")):
-                if name not in data:
-                    errors[name] = [f"required together with {other}"]
-            forms.append("city/state")
-        if "address" in data:
-            forms.append("address")
-        if not forms:
-            errors["origin"] = ["give one origin: lat and lon, zip, city and state, or address"]
-        elif len(forms) > 1:
-            message = f"give only one origin, not {' and '.join(forms)}"
-            for name in ("lat", "lon", "zip", "city", "state", "address"):
-                if name in data:
-                    errors.setdefault(name, []).append(message)
+        errors = origin_errors(data)
         if "radius" in data:
-            radius_km = data["radius"] if data["unit"] == "km" else miles_to_km(data["radius"])
-            max_km = float(current_app.config["NEAREST_MAX_RADIUS_KM"])
-            if radius_km > max_km:
-                errors["radius"] = [f"at most {max_km:g} km ({max_km / 1.609344:.0f} mi)"]
+            errors.update(distance_errors("radius", data["radius"], data["unit"]))
         if errors:
             raise ma.ValidationError(errors)
+
+
+ORIGIN_FIELDS = ("lat", "lon", "zip", "city", "state", "address")
+
+
+def origin_errors(data: dict[str, Any]) -> dict[str, list[str]]:
+    """Exactly one origin: lat+lon, zip, city+state, or address. Errors name the fields."""
+    errors: dict[str, list[str]] = {}
+    forms: list[str] = []
+    if "lat" in data or "lon" in data:
+        for name, other in (("lat", "lon"), ("lon", "lat")):
+            if name not in data:
+                errors[name] = [f"required together with {other}"]
+        forms.append("lat/lon")
+    if "zip" in data:
+        forms.append("zip")
+    if "city" in data or "state" in data:
+        for name, other in (("city", "state"), ("state", "city")):
+            if name not in data:
+                errors[name] = [f"required together with {other}"]
+        forms.append("city/state")
+    if "address" in data:
+        forms.append("address")
+    if not forms:
+        errors["origin"] = ["give one origin: lat and lon, zip, city and state, or address"]
+    elif len(forms) > 1:
+        message = f"give only one origin, not {' and '.join(forms)}"
+        for name in ORIGIN_FIELDS:
+            if name in data:
+                errors.setdefault(name, []).append(message)
+    return errors
+
+
+def distance_errors(field: str, value: float, unit: str) -> dict[str, list[str]]:
+    """A distance in ``unit`` must not exceed the configured maximum radius."""
+    km = value if unit == "km" else miles_to_km(value)
+    max_km = float(current_app.config["NEAREST_MAX_RADIUS_KM"])
+    if km > max_km:
+        return {field: [f"at most {max_km:g} km ({max_km / 1.609344:.0f} mi)"]}
+    return {}

@@ -13,18 +13,18 @@ from referral.directory.models import Clinic, ClinicSpecialty, Location, Special
 from referral.geo.chain import GeocoderChain
 from referral.timeutil import utcnow
 
+KINDS = ("specialty", "clinic", "location", "concern", "red_flag")
+
+
+def _zero_counts() -> dict[str, int]:
+    return dict.fromkeys(KINDS, 0)
+
 
 @dataclass
 class SeedReport:
-    created: dict[str, int] = field(
-        default_factory=lambda: {"specialty": 0, "clinic": 0, "location": 0}
-    )
-    updated: dict[str, int] = field(
-        default_factory=lambda: {"specialty": 0, "clinic": 0, "location": 0}
-    )
-    unchanged: dict[str, int] = field(
-        default_factory=lambda: {"specialty": 0, "clinic": 0, "location": 0}
-    )
+    created: dict[str, int] = field(default_factory=_zero_counts)
+    updated: dict[str, int] = field(default_factory=_zero_counts)
+    unchanged: dict[str, int] = field(default_factory=_zero_counts)
 
     @property
     def changed(self) -> bool:
@@ -39,7 +39,7 @@ def read_seed_file(seed_dir: Path, name: str) -> Any:
         return json.load(handle)
 
 
-def _apply(record: Any, values: dict[str, Any]) -> bool:
+def apply_changes(record: Any, values: dict[str, Any]) -> bool:
     """Set the values that differ; say whether any did."""
     changed = False
     for key, value in values.items():
@@ -71,7 +71,7 @@ def _upsert_specialty(session: Session, item: dict[str, Any], report: SeedReport
     if specialty is None:
         session.add(Specialty(code=item["code"], **values))
         report.count("specialty", "created")
-    elif _apply(specialty, values):
+    elif apply_changes(specialty, values):
         report.count("specialty", "updated")
     else:
         report.count("specialty", "unchanged")
@@ -98,7 +98,7 @@ def _upsert_clinic(
         session.flush()
         outcome = "created"
     else:
-        outcome = "updated" if _apply(clinic, values) else "unchanged"
+        outcome = "updated" if apply_changes(clinic, values) else "unchanged"
     wanted = {s["code"]: s["reason"] for s in item.get("specialties") or []}
     current = {link.specialty_code: link for link in clinic.specialty_links}
     for code, link in current.items():
@@ -112,7 +112,7 @@ def _upsert_clinic(
                 ClinicSpecialty(clinic_id=clinic.id, specialty_code=code, reason=reason)
             )
             outcome = outcome if outcome == "created" else "updated"
-        elif _apply(current[code], {"reason": reason}):
+        elif apply_changes(current[code], {"reason": reason}):
             outcome = outcome if outcome == "created" else "updated"
     if outcome == "updated":
         clinic.updated_at = utcnow()
@@ -172,7 +172,7 @@ def _upsert_location(
         assert clinic.id is not None
         session.add(Location(seed_key=item["key"], clinic_id=clinic.id, **values))
         report.count("location", "created")
-    elif _apply(location, values):
+    elif apply_changes(location, values):
         location.updated_at = utcnow()
         report.count("location", "updated")
     else:

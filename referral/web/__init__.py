@@ -11,17 +11,20 @@ from swagger_ui_bundle import swagger_ui_path
 from referral.web.api import ReferralApi
 
 # Public, read-only endpoints any site may call from a browser.
-PUBLIC_PATHS = r"/v1/(clinics|locations|specialties)(/.*)?"
+PUBLIC_PATHS = r"/v1/(clinics|locations|specialties|concerns)(/.*)?"
 PUBLIC_PATH_RE = re.compile(PUBLIC_PATHS)
 
 
 def init_web(app: Flask) -> None:
+    from referral.auth.keys import register_security_scheme
     from referral.directory.views import clinics_blp, locations_blp, specialties_blp
     from referral.geo.chain import init_app as init_geocoder
+    from referral.referrals.views import concerns_blp, referrals_blp
 
     init_geocoder(app)
     api = ReferralApi(app)
-    for blp in (clinics_blp, locations_blp, specialties_blp):
+    register_security_scheme(api)
+    for blp in (clinics_blp, locations_blp, specialties_blp, concerns_blp, referrals_blp):
         api.register_blueprint(blp)
     app.extensions["referral_api"] = api
 

@@ -1,0 +1,1 @@
+"""Referrals from assessment apps: intake, matching, idempotency, lifecycle, log and audit."""

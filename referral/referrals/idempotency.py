@@ -1,0 +1,150 @@
+"""Idempotency-Key handling for POSTs, per calling API key.
+
+A key is claimed in its own committed transaction (the unique constraint decides races), then
+completed in the same transaction that stores the referral, so a referral and its stored
+response exist together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, delete, select
+
+from referral.referrals.models import IdempotencyRecord
+from referral.timeutil import as_utc, utcnow
+
+IN_FLIGHT = "in_flight"
+DONE = "done"
+
+
+class ClaimOutcome(StrEnum):
+    NEW = "new"  # go ahead; complete() or release() the record afterwards
+    REPLAY = "replay"  # same key, same body, finished: answer the stored response
+    MISMATCH = "mismatch"  # same key, different body
+    IN_FLIGHT = "in_flight"  # same key, still being processed
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    record_id: int
+    response_status: int | None = None
+    response_body: dict[str, Any] | None = None
+
+
+def fingerprint(payload: Any) -> str:
+    """Hash of the parsed body: the same JSON however it is spaced or ordered."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def claim(
+    engine: Engine,
+    *,
+    api_key_id: int,
+    key: str,
+    request_hash: str,
+    retention: timedelta,
+    stale_after: timedelta,
+) -> Claim:
+    now = utcnow()
+    with Session(engine) as session:
+        for _attempt in range(3):
+            existing = session.exec(
+                select(IdempotencyRecord).where(
+                    IdempotencyRecord.api_key_id == api_key_id, IdempotencyRecord.key == key
+                )
+            ).first()
+            if existing is not None and as_utc(existing.expires_at) <= now:
+                session.delete(existing)
+                session.commit()
+                existing = None
+            if existing is not None:
+                return _classify(session, existing, request_hash, now, stale_after)
+            record = IdempotencyRecord(
+                api_key_id=api_key_id,
+                key=key,
+                request_hash=request_hash,
+                state=IN_FLIGHT,
+                created_at=now,
+                expires_at=now + retention,
+            )
+            session.add(record)
+            try:
+                session.commit()
+            except IntegrityError:  # a concurrent request claimed it first: look again
+                session.rollback()
+                continue
+            assert record.id is not None
+            return Claim(ClaimOutcome.NEW, record.id)
+    raise RuntimeError("idempotency key could not be claimed")
+
+
+def _classify(
+    session: Session,
+    record: IdempotencyRecord,
+    request_hash: str,
+    now: datetime,
+    stale_after: timedelta,
+) -> Claim:
+    assert record.id is not None
+    if record.request_hash != request_hash:
+        return Claim(ClaimOutcome.MISMATCH, record.id)
+    if record.state == DONE:
+        return Claim(ClaimOutcome.REPLAY, record.id, record.response_status, record.response_body)
+    if as_utc(record.created_at) < now - stale_after:
+        # The request that claimed it died mid-way (nothing was stored with it): take over,
+        # unless another retry takes over first.
+        taken = session.execute(
+            update(IdempotencyRecord)
+            .where(
+                col(IdempotencyRecord.id) == record.id,
+                col(IdempotencyRecord.state) == IN_FLIGHT,
+                col(IdempotencyRecord.created_at) == record.created_at,
+            )
+            .values(created_at=now)
+        )
+        session.commit()
+        if taken.rowcount == 1:  # type: ignore[attr-defined]
+            return Claim(ClaimOutcome.NEW, record.id)
+    return Claim(ClaimOutcome.IN_FLIGHT, record.id)
+
+
+def complete(
+    session: Session, record_id: int, *, status: int, body: dict[str, Any], referral_id: str
+) -> None:
+    """Store the response in the caller's transaction (the one that stores the referral)."""
+    record = session.get(IdempotencyRecord, record_id)
+    if record is None:  # purged meanwhile; the referral still stands
+        return
+    record.state = DONE
+    record.response_status = status
+    record.response_body = body
+    record.referral_id = referral_id
+
+
+def release(engine: Engine, record_id: int) -> None:
+    """The request failed and stored nothing: free the key for a corrected retry."""
+    with Session(engine) as session:
+        session.execute(
+            delete(IdempotencyRecord).where(
+                col(IdempotencyRecord.id) == record_id, col(IdempotencyRecord.state) == IN_FLIGHT
+            )
+        )
+        session.commit()
+
+
+def delete_expired(session: Session) -> int:
+    result = session.execute(
+        delete(IdempotencyRecord).where(col(IdempotencyRecord.expires_at) <= utcnow())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,265 @@
+"""marshmallow schemas for the referral API's edge."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import validate
+
+from referral.directory.schemas import (
+    ZIP_PATTERN,
+    ClinicSummarySchema,
+    LocationSchema,
+    StateCode,
+    distance_errors,
+    origin_errors,
+)
+from referral.referrals.models import Status, Urgency
+
+# An opaque id from the app: letters, digits and . _ : - only, so no names with spaces, no
+# e-mail addresses.
+PATIENT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+# Keys that would carry identity into the assessment summary.
+IDENTIFYING_KEYS = re.compile(
+    r"(^|_)(name|first_?name|last_?name|full_?name|e_?mail|phone|mobile|tel|dob|birth|"
+    r"birth_?date|date_?of_?birth|address|street|ssn|mrn|insurance)(_|$)",
+    re.IGNORECASE,
+)
+ASSESSMENT_MAX_BYTES = 4096
+ASSESSMENT_MAX_DEPTH = 4
+
+
+def check_assessment(value: dict[str, Any]) -> None:
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > ASSESSMENT_MAX_BYTES:
+        raise ma.ValidationError(f"at most {ASSESSMENT_MAX_BYTES} bytes of JSON (got {size})")
+
+    def walk(node: Any, depth: int, path: str) -> None:
+        if depth > ASSESSMENT_MAX_DEPTH:
+            raise ma.ValidationError(f"nested deeper than {ASSESSMENT_MAX_DEPTH} levels at {path}")
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if IDENTIFYING_KEYS.search(str(key)):
+                    raise ma.ValidationError(
+                        f"'{path}{key}' looks like identifying data; send no names, contact "
+                        "details or birth dates"
+                    )
+                walk(child, depth + 1, f"{path}{key}.")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, depth + 1, f"{path}{index}.")
+        elif isinstance(node, float) and (node != node or node in (float("inf"), float("-inf"))):
+            raise ma.ValidationError(f"{path.rstrip('.')}: not a finite number")
+
+    walk(value, 1, "")
+
+
+class _Strict(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE  # a field we do not know may be data we must not take
+
+
+class OriginInputSchema(_Strict):
+    lat = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-90, max=90))
+    lon = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-180, max=180))
+    zip = ma.fields.String(
+        validate=validate.Regexp(ZIP_PATTERN, error="must be a 5-digit ZIP code (or ZIP+4)")
+    )
+    city = ma.fields.String(validate=validate.Length(min=1, max=100))
+    state = StateCode()
+    address = ma.fields.String(validate=validate.Length(min=3, max=300))
+
+    @ma.validates_schema
+    def check_one_origin(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        errors = origin_errors(data)
+        if errors:
+            raise ma.ValidationError(errors)
+
+
+CODE = ma.fields.String(validate=validate.Length(min=1, max=40))
+
+
+class ReferralCreateSchema(_Strict):
+    origin = ma.fields.Nested(OriginInputSchema, required=True)
+    concerns = ma.fields.List(
+        CODE, required=True, validate=validate.Length(min=1, max=10),
+        metadata={"description": "concern codes from GET /v1/concerns"},
+    )  # fmt: skip
+    specialties = ma.fields.List(CODE, load_default=list, validate=validate.Length(max=10))
+    urgency = ma.fields.String(
+        load_default=Urgency.ROUTINE.value, validate=validate.OneOf([u.value for u in Urgency])
+    )
+    red_flags = ma.fields.List(CODE, load_default=list, validate=validate.Length(max=20))
+    preferred_clinic_id = ma.fields.Integer(strict=True, validate=validate.Range(min=1))
+    max_distance = ma.fields.Float(
+        allow_nan=False, validate=validate.Range(min=0, min_inclusive=False)
+    )
+    unit = ma.fields.String(load_default="mi", validate=validate.OneOf(["mi", "km"]))
+    patient_ref = ma.fields.String(
+        validate=validate.Regexp(
+            PATIENT_REF_PATTERN,
+            error="must be an opaque id (letters, digits, . _ : -; at most 64), not a name or "
+            "contact detail",
+        ),
+    )
+    assessment = ma.fields.Dict(
+        keys=ma.fields.String(validate=validate.Length(min=1, max=64)),
+        validate=check_assessment,
+        metadata={"description": f"a small JSON summary (at most {ASSESSMENT_MAX_BYTES} bytes)"},
+    )
+
+    @ma.validates_schema
+    def check_distance(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if "max_distance" in data:
+            errors = distance_errors("max_distance", data["max_distance"], data["unit"])
+            if errors:
+                raise ma.ValidationError(errors)
+
+
+class StatusChangeSchema(_Strict):
+    status = ma.fields.String(required=True, validate=validate.OneOf([s.value for s in Status]))
+    note = ma.fields.String(validate=validate.Length(min=1, max=1000))
+
+    @ma.validates_schema
+    def declined_needs_reason(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if data.get("status") == Status.DECLINED.value and not data.get("note"):
+            raise ma.ValidationError({"note": ["a reason is required when declining"]})
+
+
+class ReferralQueryArgsSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    status = ma.fields.String(validate=validate.OneOf([s.value for s in Status]))
+    clinic_id = ma.fields.Integer(validate=validate.Range(min=1))
+    source = ma.fields.String(validate=validate.Length(min=1, max=100))
+    created_after = ma.fields.AwareDateTime(default_timezone=None)
+    created_before = ma.fields.AwareDateTime(default_timezone=None)
+
+
+class EscalationSchema(ma.Schema):
+    red_flag = ma.fields.String()
+    escalate_to = ma.fields.String()
+    advice = ma.fields.String()
+
+
+class NeededSpecialtySchema(ma.Schema):
+    code = ma.fields.String()
+    reason = ma.fields.String()
+
+
+class MatchSchema(ma.Schema):
+    clinic = ma.fields.Nested(ClinicSummarySchema)
+    location = ma.fields.Nested(LocationSchema)
+    distance_km = ma.fields.Float()
+    distance_mi = ma.fields.Float()
+    notes = ma.fields.List(ma.fields.String())
+
+
+class AlternativeSchema(ma.Schema):
+    clinic_id = ma.fields.Integer()
+    clinic_name = ma.fields.String(allow_none=True)
+    location_id = ma.fields.Integer()
+    city = ma.fields.String(allow_none=True)
+    state = ma.fields.String(allow_none=True)
+    distance_km = ma.fields.Float()
+
+
+class HistoryEntrySchema(ma.Schema):
+    at = ma.fields.AwareDateTime(default_timezone=None)
+    from_status = ma.fields.String(allow_none=True)
+    to_status = ma.fields.String()
+    actor = ma.fields.String()
+    note = ma.fields.String(allow_none=True)
+
+
+class ReferralOriginSchema(ma.Schema):
+    kind = ma.fields.String(attribute="origin_kind")
+    lat = ma.fields.Float(attribute="origin_lat", metadata={"description": "rounded to ~1 km"})
+    lon = ma.fields.Float(attribute="origin_lon")
+
+
+class ReferralSchema(ma.Schema):
+    """A referral as its readers see it (``detail()`` output)."""
+
+    id = ma.fields.String(attribute="referral.id")
+    status = ma.fields.String(attribute="referral.status")
+    urgency = ma.fields.String(attribute="referral.urgency")
+    urgency_requested = ma.fields.String(attribute="referral.urgency_requested")
+    escalations = ma.fields.List(
+        ma.fields.Nested(EscalationSchema), attribute="referral.escalations"
+    )
+    concerns = ma.fields.List(ma.fields.String(), attribute="referral.concerns")
+    red_flags = ma.fields.List(ma.fields.String(), attribute="referral.red_flags")
+    specialties_requested = ma.fields.List(
+        ma.fields.String(), attribute="referral.specialties_requested"
+    )
+    specialties_needed = ma.fields.List(
+        ma.fields.Nested(NeededSpecialtySchema), attribute="referral.specialties_needed"
+    )
+    origin = ma.fields.Nested(ReferralOriginSchema, attribute="referral")
+    max_distance_km = ma.fields.Float(attribute="referral.max_distance_km", allow_none=True)
+    preferred_clinic_id = ma.fields.Integer(
+        attribute="referral.preferred_clinic_id", allow_none=True
+    )
+    match = ma.fields.Nested(MatchSchema, allow_none=True)
+    alternatives = ma.fields.List(
+        ma.fields.Nested(AlternativeSchema), attribute="referral.alternatives"
+    )
+    source = ma.fields.String(attribute="referral.source")
+    patient_ref = ma.fields.String(attribute="referral.patient_ref", allow_none=True)
+    assessment = ma.fields.Dict(attribute="referral.assessment", allow_none=True)
+    history = ma.fields.List(ma.fields.Nested(HistoryEntrySchema))
+    created_at = ma.fields.AwareDateTime(attribute="referral.created_at", default_timezone=None)
+    updated_at = ma.fields.AwareDateTime(attribute="referral.updated_at", default_timezone=None)
+    purged = ma.fields.Function(lambda d: d["referral"].purged_at is not None)
+    replayed = ma.fields.Boolean(
+        dump_default=False,
+        metadata={"description": "true when this is the stored answer to an earlier request"},
+    )
+
+
+class ClinicCountSchema(ma.Schema):
+    clinic_id = ma.fields.Integer(allow_none=True)
+    name = ma.fields.String(allow_none=True)
+    count = ma.fields.Integer()
+
+
+class DayCountSchema(ma.Schema):
+    day = ma.fields.String()
+    count = ma.fields.Integer()
+
+
+class ReferralStatsSchema(ma.Schema):
+    total = ma.fields.Integer()
+    by_status = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer())
+    by_source = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer())
+    by_clinic = ma.fields.List(ma.fields.Nested(ClinicCountSchema))
+    by_day = ma.fields.List(ma.fields.Nested(DayCountSchema))
+
+
+class ConcernSpecialtySchema(ma.Schema):
+    code = ma.fields.String()
+    reason = ma.fields.String()
+
+
+class ConcernSchema(ma.Schema):
+    code = ma.fields.String()
+    label = ma.fields.String()
+    specialties = ma.fields.List(ma.fields.Nested(ConcernSpecialtySchema))
+
+
+class RedFlagSchema(ma.Schema):
+    code = ma.fields.String()
+    label = ma.fields.String()
+    escalate_to = ma.fields.String()
+    advice = ma.fields.String()
+
+
+class VocabularySchema(ma.Schema):
+    concerns = ma.fields.List(ma.fields.Nested(ConcernSchema))
+    red_flags = ma.fields.List(ma.fields.Nested(RedFlagSchema))
+    urgencies = ma.fields.List(ma.fields.String())

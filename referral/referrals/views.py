@@ -1,0 +1,352 @@
+"""Referral API: intake (POST), the log (GET), lifecycle (PATCH), stats, export; the public
+concern vocabulary."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+from flask import Response, current_app, g, request, stream_with_context, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
+from referral.auth.models import (
+    SCOPE_ADMIN,
+    SCOPE_REFERRALS_READ,
+    SCOPE_REFERRALS_STATUS,
+    SCOPE_REFERRALS_WRITE,
+    ApiKey,
+)
+from referral.db import get_database, get_session
+from referral.geo.chain import get_geocoder
+from referral.geo.distance import miles_to_km
+from referral.geo.origin import OriginError, resolve_origin
+from referral.referrals import audit, idempotency
+from referral.referrals import log as referral_log
+from referral.referrals.intake import ReferralInputError, ReferralRequest, create_referral
+from referral.referrals.models import Status, Urgency
+from referral.referrals.schemas import (
+    ReferralCreateSchema,
+    ReferralQueryArgsSchema,
+    ReferralSchema,
+    ReferralStatsSchema,
+    StatusChangeSchema,
+    VocabularySchema,
+)
+from referral.referrals.vocabulary import load_vocabulary
+from referral.web.problems import field_error
+
+referrals_blp = Blueprint(
+    "referrals",
+    __name__,
+    url_prefix="/v1/referrals",
+    description="Referrals from assessment apps, and their lifecycle (API key required).",
+)
+concerns_blp = Blueprint(
+    "concerns",
+    __name__,
+    url_prefix="/v1/concerns",
+    description="The concern and red-flag codes apps may send (public).",
+)
+
+ANY_READER = (SCOPE_REFERRALS_READ, SCOPE_REFERRALS_WRITE, SCOPE_REFERRALS_STATUS, SCOPE_ADMIN)
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+REFERRAL_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+@referrals_blp.before_request
+def authenticate_first() -> None:
+    # Before the body is parsed: an unknown caller learns nothing from validation errors.
+    if request.method != "OPTIONS":
+        authenticate()
+
+
+def current_key() -> ApiKey:
+    key: ApiKey = g.api_key
+    return key
+
+
+def _audit(action: str, outcome: str, referral_ids: Any = (None,)) -> None:
+    key = g.get("api_key")
+    audit.record(
+        get_database().engine,
+        actor_key_id=key.id if key is not None else None,
+        action=action,
+        outcome=outcome,
+        referral_ids=referral_ids,
+    )
+
+
+def _filters(args: dict[str, Any]) -> referral_log.ReferralFilters:
+    return referral_log.ReferralFilters(
+        status=args.get("status"),
+        clinic_id=args.get("clinic_id"),
+        source=args.get("source"),
+        created_after=args.get("created_after"),
+        created_before=args.get("created_before"),
+    )
+
+
+def _replay(claim: idempotency.Claim) -> Response:
+    body = dict(claim.response_body or {})
+    body["replayed"] = True
+    response = current_app.response_class(
+        current_app.json.dumps(body),
+        status=claim.response_status or 201,
+        mimetype="application/json",
+    )
+    response.headers["Idempotent-Replayed"] = "true"
+    if body.get("id"):
+        response.headers["Location"] = url_for("referrals.ReferralById", referral_id=body["id"])
+    return response
+
+
+def _claim_idempotency_key(body: dict[str, Any]) -> idempotency.Claim | None:
+    presented = request.headers.get("Idempotency-Key")
+    if presented is None:
+        return None
+    if not IDEMPOTENCY_KEY_RE.match(presented):
+        field_error(422, "headers", "Idempotency-Key", "1 to 255 visible ASCII characters")
+    config = current_app.config
+    key = current_key()
+    assert key.id is not None
+    return idempotency.claim(
+        get_database().engine,
+        api_key_id=key.id,
+        key=presented,
+        request_hash=idempotency.fingerprint(body),
+        retention=timedelta(hours=float(config["IDEMPOTENCY_RETENTION_HOURS"])),
+        stale_after=timedelta(seconds=float(config["IDEMPOTENCY_STALE_SECONDS"])),
+    )
+
+
+def _referral_request(body: dict[str, Any]) -> ReferralRequest:
+    origin_args = body["origin"]
+    try:
+        origin = resolve_origin(
+            get_geocoder(),
+            lat=origin_args.get("lat"),
+            lon=origin_args.get("lon"),
+            zip_code=origin_args.get("zip"),
+            city=origin_args.get("city"),
+            state=origin_args.get("state"),
+            address=origin_args.get("address"),
+        )
+    except OriginError as exc:
+        field_error(422, "json", f"origin.{exc.field}", exc.reason)
+    max_distance = body.get("max_distance")
+    return ReferralRequest(
+        origin=origin,
+        concerns=body["concerns"],
+        specialties=body["specialties"],
+        urgency=Urgency(body["urgency"]),
+        red_flags=body["red_flags"],
+        preferred_clinic_id=body.get("preferred_clinic_id"),
+        max_distance_km=(
+            None
+            if max_distance is None
+            else max_distance
+            if body["unit"] == "km"
+            else miles_to_km(max_distance)
+        ),
+        patient_ref=body.get("patient_ref"),
+        assessment=body.get("assessment"),
+    )
+
+
+@referrals_blp.route("")
+class Referrals(MethodView):
+    @referrals_blp.doc(
+        security=BEARER_SECURITY,
+        parameters=[
+            {
+                "in": "header",
+                "name": "Idempotency-Key",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "Retry safely: the same key and body answer the stored referral.",
+            }
+        ],
+    )
+    @referrals_blp.arguments(ReferralCreateSchema)
+    @referrals_blp.response(201, ReferralSchema)
+    @referrals_blp.alt_response(409, description="A request with this Idempotency-Key is in flight")
+    def post(self, body: dict[str, Any]) -> Any:
+        """Send a referral (scope referrals:write): it is matched to a clinic and logged.
+
+        Unknown fields are rejected: send no names, e-mails, phone numbers or birth dates."""
+        key = current_key()
+        require_scope(key, SCOPE_REFERRALS_WRITE)
+        claim = _claim_idempotency_key(body)
+        if claim is not None and claim.outcome != idempotency.ClaimOutcome.NEW:
+            if claim.outcome == idempotency.ClaimOutcome.REPLAY:
+                _audit("referral.create", "replayed")
+                return _replay(claim)
+            _audit("referral.create", str(claim.outcome))
+            if claim.outcome == idempotency.ClaimOutcome.MISMATCH:
+                field_error(422, "headers", "Idempotency-Key", "already used with a different body")
+            field_error(409, "headers", "Idempotency-Key", "a request with this key is in flight")
+        session = get_session()
+        try:
+            referral = create_referral(
+                session, _referral_request(body), source=key.name, source_key_id=key.id
+            )
+            detail = referral_log.detail(session, referral)
+            if claim is not None:
+                idempotency.complete(
+                    session,
+                    claim.record_id,
+                    status=201,
+                    body=ReferralSchema().dump(detail),
+                    referral_id=referral.id,
+                )
+            session.commit()
+        except ReferralInputError as exc:
+            session.rollback()
+            self._release(claim)
+            _audit("referral.create", "rejected")
+            field_error(422, "json", exc.field, exc.reason)
+        except BaseException:
+            session.rollback()
+            self._release(claim)
+            _audit("referral.create", "rejected")
+            raise
+        _audit("referral.create", "ok", [referral.id])
+        location = url_for("referrals.ReferralById", referral_id=referral.id)
+        return detail, 201, {"Location": location}
+
+    @staticmethod
+    def _release(claim: idempotency.Claim | None) -> None:
+        if claim is not None:
+            idempotency.release(get_database().engine, claim.record_id)
+
+    @referrals_blp.doc(security=BEARER_SECURITY)
+    @referrals_blp.arguments(ReferralQueryArgsSchema, location="query")
+    @referrals_blp.response(200, ReferralSchema(many=True))
+    @referrals_blp.paginate(page_size=20, max_page_size=100)
+    def get(self, args: dict[str, Any], pagination_parameters: Any) -> Any:
+        """The referrals this key may see, newest first: an app its own, a clinic's key those
+        sent to it, admin all."""
+        key = current_key()
+        require_scope(key, *ANY_READER)
+        session = get_session()
+        referrals, total = referral_log.list_visible(
+            session,
+            key,
+            _filters(args),
+            offset=pagination_parameters.first_item,
+            limit=pagination_parameters.page_size,
+        )
+        pagination_parameters.item_count = total
+        _audit("referral.read", "ok", [r.id for r in referrals] or [None])
+        return [referral_log.detail(session, referral) for referral in referrals]
+
+
+def _visible_or_404(referral_id: str, action: str) -> Any:
+    key = current_key()
+    referral = None
+    if REFERRAL_ID_RE.match(referral_id):
+        referral = referral_log.get_visible(get_session(), key, referral_id)
+    if referral is None:
+        # The same answer whether it does not exist or belongs to someone else.
+        _audit(action, "not_found", [referral_id if REFERRAL_ID_RE.match(referral_id) else None])
+        field_error(404, "path", "referral_id", "no such referral")
+    return referral
+
+
+@referrals_blp.route("/<referral_id>")
+class ReferralById(MethodView):
+    @referrals_blp.doc(security=BEARER_SECURITY)
+    @referrals_blp.response(200, ReferralSchema)
+    def get(self, referral_id: str) -> Any:
+        """One referral with its match and history."""
+        require_scope(current_key(), *ANY_READER)
+        referral = _visible_or_404(referral_id, "referral.read")
+        _audit("referral.read", "ok", [referral.id])
+        return referral_log.detail(get_session(), referral)
+
+    @referrals_blp.doc(security=BEARER_SECURITY)
+    @referrals_blp.arguments(StatusChangeSchema)
+    @referrals_blp.response(200, ReferralSchema)
+    def patch(self, change: dict[str, Any], referral_id: str) -> Any:
+        """Move a referral along its lifecycle (admin, or the referred clinic's key with
+        referrals:status; the sending app may only cancel)."""
+        key = current_key()
+        require_scope(key, *ANY_READER)
+        referral = _visible_or_404(referral_id, "referral.update")
+        session = get_session()
+        try:
+            referral_log.change_status(
+                session, referral, key, Status(change["status"]), change.get("note")
+            )
+            session.commit()
+        except referral_log.ChangeNotAllowedError as exc:
+            session.rollback()
+            _audit("referral.update", "forbidden", [referral.id])
+            field_error(403, "json", "status", str(exc))
+        except referral_log.TransitionError as exc:
+            session.rollback()
+            _audit("referral.update", "conflict", [referral.id])
+            field_error(409, "json", "status", str(exc))
+        _audit("referral.update", "ok", [referral.id])
+        return referral_log.detail(session, referral)
+
+
+@referrals_blp.route("/stats")
+class ReferralStats(MethodView):
+    @referrals_blp.doc(security=BEARER_SECURITY)
+    @referrals_blp.arguments(ReferralQueryArgsSchema, location="query")
+    @referrals_blp.response(200, ReferralStatsSchema)
+    def get(self, args: dict[str, Any]) -> Any:
+        """Counts by status, source, clinic and day (admin)."""
+        key = current_key()
+        require_scope(key, SCOPE_ADMIN)
+        _audit("referral.stats", "ok")
+        return referral_log.stats(get_session(), key, _filters(args))
+
+
+@referrals_blp.route("/export.csv")
+class ReferralExport(MethodView):
+    @referrals_blp.doc(security=BEARER_SECURITY)
+    @referrals_blp.arguments(ReferralQueryArgsSchema, location="query")
+    @referrals_blp.response(
+        200, content_type="text/csv", description="De-identified referrals as CSV"
+    )
+    def get(self, args: dict[str, Any]) -> Response:
+        """Every referral as CSV, without patient references or assessments (admin)."""
+        key = current_key()
+        require_scope(key, SCOPE_ADMIN)
+        session = get_session()
+        filters = _filters(args)
+        rows = list(referral_log.export_rows(session, key, filters))
+        _audit("referral.export", "ok", [row[0] for row in rows] or [None])
+        return Response(
+            stream_with_context(referral_log.to_csv(iter(rows))),
+            mimetype="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="referrals.csv"'},
+        )
+
+
+@concerns_blp.route("")
+class Concerns(MethodView):
+    @concerns_blp.etag
+    @concerns_blp.response(200, VocabularySchema)
+    def get(self) -> Any:
+        """The concern codes with the specialties each maps to (and why), and the red flags
+        with the urgency each raises a referral to."""
+        vocabulary = load_vocabulary(get_session())
+        return {
+            "concerns": [
+                {
+                    "code": code,
+                    "label": vocabulary.concern_labels.get(code, code),
+                    "specialties": [
+                        {"code": specialty, "reason": reason} for specialty, reason in links
+                    ],
+                }
+                for code, links in vocabulary.concerns.items()
+            ],
+            "red_flags": list(vocabulary.red_flags.values()),
+            "urgencies": [u.value for u in Urgency],
+        }

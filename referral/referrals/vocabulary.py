@@ -1,0 +1,84 @@
+"""The concern and red-flag vocabulary: loaded from seed_data/concerns.json, read from tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from referral.directory.seed import SeedReport, apply_changes, read_seed_file
+from referral.referrals.models import Concern, ConcernSpecialty, RedFlag
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    # concern code -> [(specialty code, reason)]
+    concerns: dict[str, list[tuple[str, str]]]
+    concern_labels: dict[str, str]
+    red_flags: dict[str, RedFlag]
+
+
+def load_vocabulary(session: Session) -> Vocabulary:
+    concerns: dict[str, list[tuple[str, str]]] = {}
+    labels: dict[str, str] = {}
+    for concern in session.exec(select(Concern).order_by(col(Concern.code))).all():
+        concerns[concern.code] = []
+        labels[concern.code] = concern.label
+    links = session.exec(
+        select(ConcernSpecialty).order_by(
+            col(ConcernSpecialty.concern_code), col(ConcernSpecialty.specialty_code)
+        )
+    ).all()
+    for link in links:
+        concerns.setdefault(link.concern_code, []).append((link.specialty_code, link.reason))
+    flags = {flag.code: flag for flag in session.exec(select(RedFlag).order_by(col(RedFlag.code)))}
+    return Vocabulary(concerns=concerns, concern_labels=labels, red_flags=flags)
+
+
+def seed_vocabulary(session: Session, seed_dir: Path, report: SeedReport) -> None:
+    """Upsert concerns, their specialty mappings and red flags; drop mappings no longer listed."""
+    data: dict[str, Any] = read_seed_file(seed_dir, "concerns.json")
+    for item in data["concerns"]:
+        concern = session.get(Concern, item["code"])
+        if concern is None:
+            session.add(Concern(code=item["code"], label=item["label"]))
+            report.count("concern", "created")
+        elif apply_changes(concern, {"label": item["label"]}):
+            report.count("concern", "updated")
+        else:
+            report.count("concern", "unchanged")
+        session.flush()
+        wanted = {s["code"]: s["reason"] for s in item["specialties"]}
+        current = {
+            link.specialty_code: link
+            for link in session.exec(
+                select(ConcernSpecialty).where(ConcernSpecialty.concern_code == item["code"])
+            ).all()
+        }
+        for code, link in current.items():
+            if code not in wanted:
+                session.delete(link)
+        for code, reason in wanted.items():
+            if code in current:
+                apply_changes(current[code], {"reason": reason})
+            else:
+                session.add(
+                    ConcernSpecialty(concern_code=item["code"], specialty_code=code, reason=reason)
+                )
+    for item in data["red_flags"]:
+        values = {
+            "label": item["label"],
+            "escalate_to": item["escalate_to"],
+            "advice": item["advice"],
+        }
+        flag = session.get(RedFlag, item["code"])
+        if flag is None:
+            session.add(RedFlag(code=item["code"], **values))
+            report.count("red_flag", "created")
+        elif apply_changes(flag, values):
+            report.count("red_flag", "updated")
+        else:
+            report.count("red_flag", "unchanged")
+    session.flush()
