@@ -29,11 +29,10 @@ from referral.auth.models import (
     SCOPE_REFERRALS_STATUS,
     SCOPES,
     ApiKey,
-    as_utc,
 )
 from referral.db import get_database, get_session
 from referral.directory.models import Clinic
-from referral.timeutil import utcnow
+from referral.timeutil import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
