@@ -160,7 +160,10 @@ class ClinicQueryArgsSchema(_QueryArgs):
     )
 
 
-class NearestQueryArgsSchema(_QueryArgs):
+class OriginFields(ma.Schema):
+    """The ways to give a place: lat+lon, zip, city+state, or address (checked by
+    ``origin_errors``)."""
+
     lat = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-90, max=90))
     lon = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-180, max=180))
     zip = ma.fields.String(
@@ -169,6 +172,9 @@ class NearestQueryArgsSchema(_QueryArgs):
     city = ma.fields.String(validate=validate.Length(min=1, max=100))
     state = StateCode()
     address = ma.fields.String(validate=validate.Length(min=3, max=300))
+
+
+class NearestQueryArgsSchema(_QueryArgs, OriginFields):
     specialty = ma.fields.List(
         ma.fields.String(validate=validate.Length(min=1, max=40)),
         validate=validate.Length(max=10),

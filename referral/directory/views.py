@@ -19,7 +19,7 @@ from referral.directory.schemas import (
 )
 from referral.geo.chain import get_geocoder
 from referral.geo.distance import miles_to_km
-from referral.geo.origin import OriginError, resolve_origin
+from referral.geo.origin import OriginError, resolve_origin_args
 from referral.web.problems import field_error
 
 clinics_blp = Blueprint(
@@ -113,15 +113,7 @@ class NearestLocations(MethodView):
         closest match anyway."""
         specialties = _checked_specialties(args.get("specialty", []))
         try:
-            origin = resolve_origin(
-                get_geocoder(),
-                lat=args.get("lat"),
-                lon=args.get("lon"),
-                zip_code=args.get("zip"),
-                city=args.get("city"),
-                state=args.get("state"),
-                address=args.get("address"),
-            )
+            origin = resolve_origin_args(get_geocoder(), args)
         except OriginError as exc:
             field_error(422, "query", exc.field, exc.reason)
         unit = args["unit"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -68,3 +69,25 @@ def resolve_origin(
     else:
         raise OriginError("origin", "give lat and lon, zip, city and state, or address")
     return Origin(found.lat, found.lon, kind, found.precision.value, found.source, found.label)
+
+
+def resolve_origin_args(chain: GeocoderChain, args: Mapping[str, object]) -> Origin:
+    """``resolve_origin`` from parsed request fields named lat, lon, zip, city, state, address."""
+
+    def text(name: str) -> str | None:
+        value = args.get(name)
+        return None if value is None else str(value)
+
+    def number(name: str) -> float | None:
+        value = args.get(name)
+        return None if value is None else float(value)  # type: ignore[arg-type]
+
+    return resolve_origin(
+        chain,
+        lat=number("lat"),
+        lon=number("lon"),
+        zip_code=text("zip"),
+        city=text("city"),
+        state=text("state"),
+        address=text("address"),
+    )

@@ -10,10 +10,9 @@ import marshmallow as ma
 from marshmallow import validate
 
 from referral.directory.schemas import (
-    ZIP_PATTERN,
     ClinicSummarySchema,
     LocationSchema,
-    StateCode,
+    OriginFields,
     distance_errors,
     origin_errors,
 )
@@ -62,16 +61,7 @@ class _Strict(ma.Schema):
         unknown = ma.RAISE  # a field we do not know may be data we must not take
 
 
-class OriginInputSchema(_Strict):
-    lat = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-90, max=90))
-    lon = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-180, max=180))
-    zip = ma.fields.String(
-        validate=validate.Regexp(ZIP_PATTERN, error="must be a 5-digit ZIP code (or ZIP+4)")
-    )
-    city = ma.fields.String(validate=validate.Length(min=1, max=100))
-    state = StateCode()
-    address = ma.fields.String(validate=validate.Length(min=3, max=300))
-
+class OriginInputSchema(_Strict, OriginFields):
     @ma.validates_schema
     def check_one_origin(self, data: dict[str, Any], **_kwargs: Any) -> None:
         errors = origin_errors(data)

@@ -22,7 +22,7 @@ from referral.auth.models import (
 from referral.db import get_database, get_session
 from referral.geo.chain import get_geocoder
 from referral.geo.distance import miles_to_km
-from referral.geo.origin import OriginError, resolve_origin
+from referral.geo.origin import OriginError, resolve_origin_args
 from referral.referrals import audit, idempotency
 from referral.referrals import log as referral_log
 from referral.referrals.intake import ReferralInputError, ReferralRequest, create_referral
@@ -123,17 +123,8 @@ def _claim_idempotency_key(body: dict[str, Any]) -> idempotency.Claim | None:
 
 
 def _referral_request(body: dict[str, Any]) -> ReferralRequest:
-    origin_args = body["origin"]
     try:
-        origin = resolve_origin(
-            get_geocoder(),
-            lat=origin_args.get("lat"),
-            lon=origin_args.get("lon"),
-            zip_code=origin_args.get("zip"),
-            city=origin_args.get("city"),
-            state=origin_args.get("state"),
-            address=origin_args.get("address"),
-        )
+        origin = resolve_origin_args(get_geocoder(), body["origin"])
     except OriginError as exc:
         field_error(422, "json", f"origin.{exc.field}", exc.reason)
     max_distance = body.get("max_distance")
