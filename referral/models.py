@@ -1,5 +1,6 @@
 """Every table, imported in one place so migrations and metadata see them all."""
 
+from referral.admin.models import AdminChange
 from referral.auth.models import ApiKey
 from referral.directory.models import Clinic, ClinicSpecialty, Location, Specialty
 from referral.geo.models import GeocodeCacheEntry
@@ -14,6 +15,7 @@ from referral.referrals.models import (
 )
 
 __all__ = [
+    "AdminChange",
     "ApiKey",
     "AuditEvent",
     "Clinic",

@@ -83,7 +83,7 @@ def test_clinics_reject(client, url, status, field):
 def test_unknown_route_and_method_are_problems(client):
     assert_problem(client.get("/v1/nope"), 404)
     assert_problem(client.get("/v1/clinics/abc"), 404)
-    response = client.post("/v1/clinics", json={"name": "x"})
+    response = client.post("/v1/specialties", json={"code": "x"})
     assert_problem(response, 405)
     assert "GET" in response.headers["Allow"]
 

@@ -14,11 +14,13 @@ from referral.timeutil import as_utc, utcnow
 SCOPE_REFERRALS_WRITE = "referrals:write"  # assessment apps sending referrals
 SCOPE_REFERRALS_READ = "referrals:read"  # dashboards
 SCOPE_REFERRALS_STATUS = "referrals:status"  # a clinic updating its referrals' status
+SCOPE_CLINICS_WRITE = "clinics:write"  # directory maintainers
 SCOPE_ADMIN = "admin"
 SCOPES: tuple[str, ...] = (
     SCOPE_REFERRALS_WRITE,
     SCOPE_REFERRALS_READ,
     SCOPE_REFERRALS_STATUS,
+    SCOPE_CLINICS_WRITE,
     SCOPE_ADMIN,
 )
 

@@ -5,8 +5,10 @@ No ``from __future__ import annotations`` here: SQLModel reads the annotations a
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, Index
+from sqlalchemy.orm import declared_attr
 from sqlmodel import Field, Relationship, SQLModel
 
 from referral.timeutil import utcnow
@@ -66,6 +68,12 @@ class Clinic(ClinicBase, table=True):
     seed_key: str | None = Field(default=None, max_length=120, unique=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    # Optimistic locking: an UPDATE that finds another version fails (two admins, one row).
+    version: int = Field(default=1)
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]
 
     locations: list["Location"] = Relationship(
         back_populates="clinic",
@@ -111,5 +119,10 @@ class Location(LocationBase, table=True):
     seed_key: str | None = Field(default=None, max_length=160, unique=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    version: int = Field(default=1)
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]
 
     clinic: Clinic = Relationship(back_populates="locations")

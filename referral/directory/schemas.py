@@ -42,6 +42,7 @@ class SpecialtySchema(ma.Schema):
 
 class LocationSchema(ma.Schema):
     id = ma.fields.Integer()
+    active = ma.fields.Boolean()
     clinic_id = ma.fields.Integer()
     address_line1 = ma.fields.String(allow_none=True)
     address_line2 = ma.fields.String(allow_none=True)
@@ -63,6 +64,7 @@ class LocationSchema(ma.Schema):
 
 class ClinicSummarySchema(ma.Schema):
     id = ma.fields.Integer()
+    active = ma.fields.Boolean()
     name = ma.fields.String(allow_none=True, metadata={"description": "null when unknown"})
     phone = ma.fields.String(allow_none=True, metadata={"description": "E.164; null when unknown"})
     website = ma.fields.String(allow_none=True)

@@ -102,9 +102,11 @@ def search_clinics(
     return list(page), int(total)
 
 
-def get_clinic(session: Session, clinic_id: int) -> Clinic | None:
+def get_clinic(
+    session: Session, clinic_id: int, *, include_inactive: bool = False
+) -> Clinic | None:
     clinic = session.get(Clinic, clinic_id)
-    if clinic is None or not clinic.active:
+    if clinic is None or not (clinic.active or include_inactive):
         return None
     return clinic
 

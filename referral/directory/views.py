@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from sqlalchemy.orm.exc import StaleDataError
 
+from referral.admin import service as admin
+from referral.admin.schemas import (
+    ClinicCreateSchema,
+    ClinicPatchSchema,
+    LocationCreateSchema,
+    LocationPatchSchema,
+)
+from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
+from referral.auth.models import SCOPE_ADMIN, SCOPE_CLINICS_WRITE, ApiKey
 from referral.db import get_session
 from referral.directory import service
+from referral.directory.models import Clinic, Location
 from referral.directory.nearest import NearestHit, find_nearest
 from referral.directory.schemas import (
     ClinicQueryArgsSchema,
     ClinicSchema,
+    LocationSchema,
     NearestQueryArgsSchema,
     NearestResponseSchema,
     SpecialtySchema,
@@ -34,6 +47,45 @@ specialties_blp = Blueprint(
     url_prefix="/v1/specialties",
     description="The controlled vocabulary of specialties (public).",
 )
+
+
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@clinics_blp.before_request
+def editors_only() -> None:
+    # Reading is public; writing needs an admin or clinics:write key, checked before the
+    # body is parsed or any precondition is judged.
+    if request.method in WRITES:
+        require_scope(authenticate(), SCOPE_ADMIN, SCOPE_CLINICS_WRITE)
+
+
+def _editor() -> ApiKey | None:
+    """The caller's key when it may edit the directory (and so see inactive records)."""
+    if request.method in WRITES:
+        key: ApiKey = authenticate()
+        return key
+    if "Authorization" not in request.headers:
+        return None
+    key = authenticate()
+    return key if key.has_scope(SCOPE_CLINICS_WRITE) else None
+
+
+def _commit_edit(what: str) -> None:
+    session = get_session()
+    try:
+        session.commit()
+    except StaleDataError:
+        session.rollback()
+        field_error(412, "headers", "If-Match", f"the {what} changed meanwhile; fetch it again")
+
+
+def _edit(action: Any) -> Any:
+    try:
+        return action()
+    except admin.EditError as exc:
+        get_session().rollback()
+        field_error(422, "json", exc.field, exc.reason)
 
 
 def _checked_specialties(codes: list[str]) -> list[str]:
@@ -69,17 +121,124 @@ class Clinics(MethodView):
         pagination_parameters.item_count = total
         return clinics
 
+    @clinics_blp.doc(security=BEARER_SECURITY)
+    @clinics_blp.arguments(ClinicCreateSchema)
+    @clinics_blp.response(201, ClinicSchema)
+    def post(self, data: dict[str, Any]) -> Any:
+        """Add a clinic (admin or clinics:write); its locations are added separately."""
+        key = _editor()
+        assert key is not None
+        clinic = _edit(lambda: admin.create_clinic(get_session(), data, key))
+        _commit_edit("clinic")
+        return clinic, 201, {"Location": url_for("clinics.ClinicById", clinic_id=clinic.id)}
+
+
+def _clinic_or_404(clinic_id: int) -> Clinic:
+    clinic = service.get_clinic(get_session(), clinic_id, include_inactive=_editor() is not None)
+    if clinic is None:
+        field_error(404, "path", "clinic_id", f"no active clinic with id {clinic_id}")
+    return clinic
+
 
 @clinics_blp.route("/<int:clinic_id>")
 class ClinicById(MethodView):
     @clinics_blp.etag
     @clinics_blp.response(200, ClinicSchema)
     def get(self, clinic_id: int) -> Any:
-        """One active clinic with its active locations."""
-        clinic = service.get_clinic(get_session(), clinic_id)
-        if clinic is None:
-            field_error(404, "path", "clinic_id", f"no active clinic with id {clinic_id}")
+        """One active clinic with its active locations (editors also see inactive ones).
+
+        The ETag is what `PATCH` and `DELETE` need in `If-Match`."""
+        return _clinic_or_404(clinic_id)
+
+    @clinics_blp.etag
+    @clinics_blp.doc(security=BEARER_SECURITY)
+    @clinics_blp.arguments(ClinicPatchSchema)
+    @clinics_blp.response(200, ClinicSchema)
+    def patch(self, data: dict[str, Any], clinic_id: int) -> Any:
+        """Change a clinic (If-Match required: 428 without, 412 when stale)."""
+        key = _editor()
+        assert key is not None
+        clinic = _clinic_or_404(clinic_id)
+        clinics_blp.check_etag(clinic, ClinicSchema)
+        _edit(lambda: admin.update_clinic(get_session(), clinic, data, key))
+        _commit_edit("clinic")
         return clinic
+
+    @clinics_blp.etag
+    @clinics_blp.doc(security=BEARER_SECURITY)
+    @clinics_blp.response(204)
+    def delete(self, clinic_id: int) -> None:
+        """Deactivate a clinic: it leaves public answers and matching until reactivated
+        (PATCH active=true). If-Match required."""
+        key = _editor()
+        assert key is not None
+        clinic = _clinic_or_404(clinic_id)
+        clinics_blp.check_etag(clinic, ClinicSchema)
+        admin.update_clinic(get_session(), clinic, {"active": False}, key)
+        _commit_edit("clinic")
+
+
+@clinics_blp.route("/<int:clinic_id>/locations")
+class ClinicLocations(MethodView):
+    @clinics_blp.doc(security=BEARER_SECURITY)
+    @clinics_blp.arguments(LocationCreateSchema)
+    @clinics_blp.response(201, LocationSchema)
+    def post(self, data: dict[str, Any], clinic_id: int) -> Any:
+        """Add a location: geocoded through the chain, or placed by hand with lat and lon
+        (precision manual)."""
+        key = _editor()
+        assert key is not None
+        clinic = _clinic_or_404(clinic_id)
+        location = _edit(
+            lambda: admin.create_location(get_session(), clinic, data, key, get_geocoder())
+        )
+        _commit_edit("location")
+        where = url_for("clinics.ClinicLocationById", clinic_id=clinic_id, location_id=location.id)
+        return location, 201, {"Location": where}
+
+
+def _location_or_404(clinic_id: int, location_id: int) -> Location:
+    clinic = _clinic_or_404(clinic_id)
+    editor = _editor() is not None
+    for location in clinic.locations:
+        if location.id == location_id and (location.active or editor):
+            return location
+    field_error(404, "path", "location_id", f"clinic {clinic_id} has no location {location_id}")
+
+
+@clinics_blp.route("/<int:clinic_id>/locations/<int:location_id>")
+class ClinicLocationById(MethodView):
+    @clinics_blp.etag
+    @clinics_blp.response(200, LocationSchema)
+    def get(self, clinic_id: int, location_id: int) -> Any:
+        """One location of a clinic."""
+        return _location_or_404(clinic_id, location_id)
+
+    @clinics_blp.etag
+    @clinics_blp.doc(security=BEARER_SECURITY)
+    @clinics_blp.arguments(LocationPatchSchema)
+    @clinics_blp.response(200, LocationSchema)
+    def patch(self, data: dict[str, Any], clinic_id: int, location_id: int) -> Any:
+        """Change a location; a changed address is geocoded again (If-Match required)."""
+        key = _editor()
+        assert key is not None
+        location = _location_or_404(clinic_id, location_id)
+        clinics_blp.check_etag(location, LocationSchema)
+        _edit(lambda: admin.update_location(get_session(), location, data, key, get_geocoder()))
+        _commit_edit("location")
+        return location
+
+    @clinics_blp.etag
+    @clinics_blp.doc(security=BEARER_SECURITY)
+    @clinics_blp.response(204)
+    def delete(self, clinic_id: int, location_id: int) -> None:
+        """Deactivate a location (If-Match required); PATCH active=true brings it back."""
+        key = _editor()
+        assert key is not None
+        location = _location_or_404(clinic_id, location_id)
+        clinics_blp.check_etag(location, LocationSchema)
+        admin.update_location(get_session(), location, {"active": False}, key, get_geocoder())
+        _commit_edit("location")
 
 
 @specialties_blp.route("")

@@ -16,6 +16,7 @@ PUBLIC_PATH_RE = re.compile(PUBLIC_PATHS)
 
 
 def init_web(app: Flask) -> None:
+    from referral.admin.views import admin_blp
     from referral.auth.keys import register_security_scheme
     from referral.directory.views import clinics_blp, locations_blp, specialties_blp
     from referral.geo.chain import init_app as init_geocoder
@@ -24,7 +25,14 @@ def init_web(app: Flask) -> None:
     init_geocoder(app)
     api = ReferralApi(app)
     register_security_scheme(api)
-    for blp in (clinics_blp, locations_blp, specialties_blp, concerns_blp, referrals_blp):
+    for blp in (
+        clinics_blp,
+        locations_blp,
+        specialties_blp,
+        concerns_blp,
+        referrals_blp,
+        admin_blp,
+    ):
         api.register_blueprint(blp)
     app.extensions["referral_api"] = api
 
@@ -51,6 +59,7 @@ def init_web(app: Flask) -> None:
         if (
             request.method in ("GET", "HEAD")
             and PUBLIC_PATH_RE.fullmatch(request.path)
+            and "Authorization" not in request.headers  # an editor's view is not public
             and response.status_code == 200
             and "Cache-Control" not in response.headers
         ):

@@ -1,0 +1,1 @@
+"""Directory maintenance by admins: validated edits, optimistic locking, the change log."""

@@ -1,0 +1,81 @@
+"""marshmallow schemas for directory edits and the change log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import validate
+
+from referral.directory.schemas import ZIP_PATTERN, StateCode
+
+
+class _Strict(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+
+class ClinicCreateSchema(_Strict):
+    name = ma.fields.String(required=True, validate=validate.Length(min=1, max=200))
+    phone = ma.fields.String(allow_none=True, validate=validate.Length(min=3, max=40))
+    website = ma.fields.Url(
+        allow_none=True, schemes={"http", "https"}, validate=validate.Length(max=300)
+    )
+    specialties = ma.fields.List(
+        ma.fields.String(validate=validate.Length(min=1, max=40)), validate=validate.Length(max=20)
+    )
+
+
+class ClinicPatchSchema(ClinicCreateSchema):
+    name = ma.fields.String(validate=validate.Length(min=1, max=200))
+    active = ma.fields.Boolean(metadata={"description": "false deactivates, true reactivates"})
+
+
+def _both_or_neither(data: dict[str, Any]) -> None:
+    if ("lat" in data) != ("lon" in data):
+        missing = "lon" if "lat" in data else "lat"
+        raise ma.ValidationError({missing: ["lat and lon go together"]})
+
+
+class LocationCreateSchema(_Strict):
+    address_line1 = ma.fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
+    address_line2 = ma.fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
+    city = ma.fields.String(required=True, validate=validate.Length(min=1, max=100))
+    state = StateCode(required=True)
+    zip = ma.fields.String(
+        allow_none=True,
+        validate=validate.Regexp(ZIP_PATTERN, error="must be a 5-digit ZIP code (or ZIP+4)"),
+    )
+    lat = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-90, max=90))
+    lon = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-180, max=180))
+
+    @ma.validates_schema
+    def coordinates_together(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        _both_or_neither(data)
+
+
+class LocationPatchSchema(LocationCreateSchema):
+    city = ma.fields.String(validate=validate.Length(min=1, max=100))
+    state = StateCode()
+    active = ma.fields.Boolean()
+
+
+class AdminChangeSchema(ma.Schema):
+    id = ma.fields.Integer()
+    at = ma.fields.AwareDateTime(default_timezone=None)
+    actor_key_id = ma.fields.Integer(allow_none=True)
+    actor = ma.fields.String()
+    entity = ma.fields.String()
+    entity_id = ma.fields.Integer()
+    clinic_id = ma.fields.Integer()
+    action = ma.fields.String()
+    diff = ma.fields.Dict(metadata={"description": "{field: [before, after]}"})
+
+
+class AuditQueryArgsSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    clinic_id = ma.fields.Integer(validate=validate.Range(min=1))
+    since = ma.fields.AwareDateTime(default_timezone=None)
+    until = ma.fields.AwareDateTime(default_timezone=None)

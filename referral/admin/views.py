@@ -1,0 +1,43 @@
+"""The admin change log over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from referral.admin.schemas import AdminChangeSchema, AuditQueryArgsSchema
+from referral.admin.service import ChangeFilters, list_changes
+from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
+from referral.auth.models import SCOPE_ADMIN
+from referral.db import get_session
+
+admin_blp = Blueprint(
+    "admin", __name__, url_prefix="/v1/admin", description="Directory administration (admin)."
+)
+
+
+@admin_blp.before_request
+def admins_only() -> None:
+    require_scope(authenticate(), SCOPE_ADMIN)
+
+
+@admin_blp.route("/audit")
+class AdminAudit(MethodView):
+    @admin_blp.doc(security=BEARER_SECURITY)
+    @admin_blp.arguments(AuditQueryArgsSchema, location="query")
+    @admin_blp.response(200, AdminChangeSchema(many=True))
+    @admin_blp.paginate(page_size=50, max_page_size=200)
+    def get(self, args: dict[str, Any], pagination_parameters: Any) -> Any:
+        """Every directory change, newest first: who, when, and {field: [before, after]}."""
+        changes, total = list_changes(
+            get_session(),
+            ChangeFilters(
+                clinic_id=args.get("clinic_id"), since=args.get("since"), until=args.get("until")
+            ),
+            offset=pagination_parameters.first_item,
+            limit=pagination_parameters.page_size,
+        )
+        pagination_parameters.item_count = total
+        return changes
