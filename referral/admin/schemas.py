@@ -7,7 +7,8 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
-from referral.directory.schemas import ZIP_PATTERN, StateCode
+from referral.directory.hours import HoursError, check_exceptions, check_schedule
+from referral.directory.schemas import LANGUAGE, ZIP_PATTERN, StateCode
 
 
 class _Strict(ma.Schema):
@@ -31,6 +32,15 @@ class ClinicPatchSchema(ClinicCreateSchema):
     active = ma.fields.Boolean(metadata={"description": "false deactivates, true reactivates"})
 
 
+def _hours(check: Any, value: Any) -> None:
+    if value is None:
+        return
+    try:
+        check(value)
+    except HoursError as exc:
+        raise ma.ValidationError(str(exc)) from exc
+
+
 def _both_or_neither(data: dict[str, Any]) -> None:
     if ("lat" in data) != ("lon" in data):
         missing = "lon" if "lat" in data else "lat"
@@ -48,6 +58,24 @@ class LocationCreateSchema(_Strict):
     )
     lat = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-90, max=90))
     lon = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-180, max=180))
+    opening_hours = ma.fields.Dict(
+        allow_none=True,
+        validate=lambda value: _hours(check_schedule, value),
+        metadata={
+            "description": 'mon..sun: [["08:00", "12:00"], ["13:00", "17:00"]]; null: unknown'
+        },
+    )
+    hours_exceptions = ma.fields.List(
+        ma.fields.Dict(),
+        allow_none=True,
+        validate=lambda value: _hours(check_exceptions, value),
+        metadata={"description": '[{"date": "2026-12-25", "closed": true, "note": "Christmas"}]'},
+    )
+    accepting_new_patients = ma.fields.Boolean(allow_none=True)
+    telehealth = ma.fields.Boolean(allow_none=True)
+    languages = ma.fields.List(
+        ma.fields.String(validate=LANGUAGE), allow_none=True, validate=validate.Length(max=20)
+    )
 
     @ma.validates_schema
     def coordinates_together(self, data: dict[str, Any], **_kwargs: Any) -> None:

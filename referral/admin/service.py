@@ -39,9 +39,12 @@ def normalize_phone(raw: str) -> str:
 
 
 CLINIC_FIELDS = ("name", "phone", "phone_original", "website", "active", "specialties")
+FACT_FIELDS = (
+    "opening_hours", "hours_exceptions", "accepting_new_patients", "telehealth", "languages",
+)  # fmt: skip
 LOCATION_FIELDS = (
     "address_line1", "address_line2", "city", "state", "zip", "lat", "lon",
-    "geocode_precision", "geocode_source", "time_zone", "active",
+    "geocode_precision", "geocode_source", "time_zone", "active", *FACT_FIELDS,
 )  # fmt: skip
 
 
@@ -200,8 +203,8 @@ def create_location(
     session: Session, clinic: Clinic, data: dict[str, Any], actor: ApiKey, geocoder: GeocoderChain
 ) -> Location:
     assert clinic.id is not None
-    address: dict[str, Any] = {name: data.get(name) for name in ADDRESS_FIELDS}
-    location = Location(clinic_id=clinic.id, **address)
+    given: dict[str, Any] = {name: data.get(name) for name in (*ADDRESS_FIELDS, *FACT_FIELDS)}
+    location = Location(clinic_id=clinic.id, **given)
     _place(geocoder, location, data)
     session.add(location)
     session.flush()
@@ -219,7 +222,7 @@ def update_location(
     geocoder: GeocoderChain,
 ) -> Location:
     before = _location_state(location)
-    for name in ADDRESS_FIELDS:
+    for name in (*ADDRESS_FIELDS, *FACT_FIELDS):
         if name in data:
             setattr(location, name, data[name])
     if "active" in data:

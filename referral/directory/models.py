@@ -108,6 +108,15 @@ class LocationBase(SQLModel):
     needs_review: bool = Field(default=False)
     review_reasons: list[str] = Field(default_factory=list, sa_type=JSON)
     active: bool = Field(default=True)
+    # Facts people ask about. None is "unknown", never "no" (see directory/hours.py).
+    opening_hours: dict[str, Any] | None = Field(default=None, sa_type=JSON(none_as_null=True))
+    hours_exceptions: list[dict[str, Any]] | None = Field(
+        default=None, sa_type=JSON(none_as_null=True)
+    )
+    accepting_new_patients: bool | None = None
+    telehealth: bool | None = None
+    # ISO 639-1 codes, e.g. ["en", "es"].
+    languages: list[str] | None = Field(default=None, sa_type=JSON(none_as_null=True))
 
 
 class Location(LocationBase, table=True):

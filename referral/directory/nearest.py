@@ -7,11 +7,12 @@ Everything that asks for nearest locations calls ``find_nearest``; how candidate
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.orm import selectinload
 from sqlmodel import Session, col, select
 
+from referral.directory.facts import NO_FACTS, FactFilter
 from referral.directory.models import Clinic, Location
 from referral.directory.service import clinics_with_all_specialties
 from referral.geo.distance import bounding_box, geodesic_km, km_to_miles
@@ -32,6 +33,8 @@ class NearestResult:
     hits: list[NearestHit]
     # Set only when a radius was given and nothing lay inside it.
     nearest_outside_radius: NearestHit | None
+    # Per fact filter, how many otherwise matching locations were left out as unknown.
+    excluded_unknown: dict[str, int] = field(default_factory=dict)
 
 
 def find_nearest(
@@ -42,16 +45,18 @@ def find_nearest(
     specialties: Sequence[str] = (),
     radius_km: float | None = None,
     limit: int = 5,
+    facts: FactFilter = NO_FACTS,
 ) -> NearestResult:
     """The ``limit`` active locations nearest to (lat, lon) by geodesic distance, of clinics
-    having every one of ``specialties``, within ``radius_km`` if given. Ties go to the lower
-    location id, so answers are stable."""
-    hits = _ranked(session, lat, lon, specialties, radius_km, limit)
+    having every one of ``specialties``, within ``radius_km`` if given, passing ``facts``.
+    Ties go to the lower location id, so answers are stable."""
+    excluded: dict[str, int] = {}
+    hits = _ranked(session, lat, lon, specialties, radius_km, limit, facts, excluded)
     outside = None
     if not hits and radius_km is not None:
-        anywhere = _ranked(session, lat, lon, specialties, None, 1)
+        anywhere = _ranked(session, lat, lon, specialties, None, 1, facts, {})
         outside = anywhere[0] if anywhere else None
-    return NearestResult(hits=hits, nearest_outside_radius=outside)
+    return NearestResult(hits=hits, nearest_outside_radius=outside, excluded_unknown=excluded)
 
 
 def _ranked(
@@ -61,6 +66,8 @@ def _ranked(
     specialties: Sequence[str],
     radius_km: float | None,
     limit: int,
+    facts: FactFilter,
+    excluded: dict[str, int],
 ) -> list[NearestHit]:
     query = (
         select(Location)
@@ -86,7 +93,16 @@ def _ranked(
     for location in session.exec(query).all():
         assert location.lat is not None and location.lon is not None
         distance = geodesic_km(lat, lon, location.lat, location.lon)
-        if radius_km is None or distance <= radius_km:
-            hits.append(NearestHit(location, distance))
+        if radius_km is not None and distance > radius_km:
+            continue
+        if facts.active:
+            unknown = facts.unknowns(location)
+            if unknown is None:
+                continue
+            if unknown:
+                for name in unknown:
+                    excluded[name] = excluded.get(name, 0) + 1
+                continue
+        hits.append(NearestHit(location, distance))
     hits.sort(key=lambda hit: (hit.distance_km, hit.location.id or 0))
     return hits[:limit]

@@ -60,6 +60,23 @@ class LocationSchema(ma.Schema):
     time_zone = ma.fields.String(allow_none=True, metadata={"description": "IANA time zone"})
     needs_review = ma.fields.Boolean()
     review_reasons = ma.fields.List(ma.fields.String())
+    opening_hours = ma.fields.Dict(
+        allow_none=True,
+        metadata={"description": 'mon..sun: [["08:00", "17:00"], ...]; null when unknown'},
+    )
+    hours_exceptions = ma.fields.List(
+        ma.fields.Dict(),
+        allow_none=True,
+        metadata={"description": '[{"date": "2026-12-25", "closed": true, "note": "..."}]'},
+    )
+    accepting_new_patients = ma.fields.Boolean(
+        allow_none=True, metadata={"description": "null: unknown"}
+    )
+    telehealth = ma.fields.Boolean(allow_none=True, metadata={"description": "null: unknown"})
+    languages = ma.fields.List(
+        ma.fields.String(), allow_none=True, metadata={"description": "ISO 639-1; null: unknown"}
+    )
+    updated_at = ma.fields.AwareDateTime(default_timezone=None)
 
 
 class ClinicSummarySchema(ma.Schema):
@@ -112,6 +129,9 @@ class OriginSchema(ma.Schema):
 class NearestHitSchema(ma.Schema):
     distance_km = ma.fields.Float()
     distance_mi = ma.fields.Float()
+    open_now = ma.fields.Boolean(
+        allow_none=True, metadata={"description": "in the location's own time zone; null: unknown"}
+    )
     location = ma.fields.Nested(LocationSchema)
     clinic = ma.fields.Nested(ClinicSummarySchema)
 
@@ -134,6 +154,14 @@ class NearestResponseSchema(ma.Schema):
         allow_none=True,
         metadata={"description": "the closest match anyway, when nothing is inside the radius"},
     )
+    excluded_unknown = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.Integer(),
+        metadata={
+            "description": "per filter (open_now, accepting_new_patients, telehealth, "
+            "language), how many locations were left out because that fact is unknown"
+        },
+    )
 
 
 # ---- query arguments ----------------------------------------------------------------------
@@ -145,7 +173,21 @@ class _QueryArgs(ma.Schema):
         unknown = ma.EXCLUDE
 
 
-class ClinicQueryArgsSchema(_QueryArgs):
+LANGUAGE = validate.Regexp(r"^[a-z]{2}$", error="an ISO 639-1 code such as en or es")
+
+
+class FactArgs(ma.Schema):
+    """Filters on facts that may be unknown; unknowns are left out and counted."""
+
+    open_now = ma.fields.Boolean(
+        metadata={"description": "true: open now, in each location's own time zone"}
+    )
+    accepting_new_patients = ma.fields.Boolean()
+    telehealth = ma.fields.Boolean()
+    language = ma.fields.String(validate=LANGUAGE, metadata={"description": "ISO 639-1"})
+
+
+class ClinicQueryArgsSchema(_QueryArgs, FactArgs):
     q = ma.fields.String(
         validate=validate.Length(min=1, max=100), metadata={"description": "part of the name"}
     )
@@ -159,6 +201,13 @@ class ClinicQueryArgsSchema(_QueryArgs):
     zip = ma.fields.String(
         validate=validate.Regexp(r"^\d{1,5}$", error="must be 1 to 5 digits (a ZIP prefix)"),
         metadata={"description": "ZIP code or its prefix"},
+    )
+    updated_since = ma.fields.AwareDateTime(
+        default_timezone=None,
+        metadata={
+            "description": "only clinics changed since then, deactivated ones included "
+            "(for incremental sync)"
+        },
     )
 
 
@@ -176,7 +225,7 @@ class OriginFields(ma.Schema):
     address = ma.fields.String(validate=validate.Length(min=3, max=300))
 
 
-class NearestQueryArgsSchema(_QueryArgs, OriginFields):
+class NearestQueryArgsSchema(_QueryArgs, OriginFields, FactArgs):
     specialty = ma.fields.List(
         ma.fields.String(validate=validate.Length(min=1, max=40)),
         validate=validate.Length(max=10),

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import ColumnElement
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from referral.directory.facts import NO_FACTS, FactFilter
 from referral.directory.models import Clinic, ClinicSpecialty, Location, Specialty
 
 
@@ -58,10 +60,25 @@ class ClinicFilters:
     city: str | None = None
     state: str | None = None
     zip_prefix: str | None = None
+    facts: FactFilter = NO_FACTS
+    # Incremental sync: what changed since then, deactivated records included.
+    updated_since: datetime | None = None
 
 
 def _clinic_query(filters: ClinicFilters) -> SelectOfScalar[Clinic]:
-    query = select(Clinic).where(col(Clinic.active).is_(True))
+    query = select(Clinic)
+    if filters.updated_since is None:
+        query = query.where(col(Clinic.active).is_(True))
+    else:
+        changed_locations = select(Location.clinic_id).where(
+            col(Location.updated_at) >= filters.updated_since
+        )
+        query = query.where(
+            or_(
+                col(Clinic.updated_at) >= filters.updated_since,
+                col(Clinic.id).in_(changed_locations),
+            )
+        )
     if filters.q:
         pattern = f"%{_escape_like(filters.q.strip().lower())}%"
         query = query.where(func.lower(col(Clinic.name)).like(pattern, escape="\\"))
@@ -84,22 +101,58 @@ def _clinic_query(filters: ClinicFilters) -> SelectOfScalar[Clinic]:
     return query
 
 
+@dataclass(frozen=True)
+class ClinicPage:
+    clinics: list[Clinic]
+    total: int
+    # Per fact filter, how many clinics were left out because the fact is unknown.
+    excluded_unknown: dict[str, int] = field(default_factory=dict)
+
+
+def _located_as_asked(location: Location, filters: ClinicFilters) -> bool:
+    if not location.active:
+        return False
+    if filters.city and (location.city or "").lower() != filters.city.strip().lower():
+        return False
+    if filters.state and location.state != filters.state.upper():
+        return False
+    return not (filters.zip_prefix and not (location.zip or "").startswith(filters.zip_prefix))
+
+
 def search_clinics(
     session: Session, filters: ClinicFilters, *, offset: int, limit: int
-) -> tuple[list[Clinic], int]:
-    """One page of active clinics matching ``filters`` (unnamed last), and the total count."""
-    query = _clinic_query(filters)
-    total = session.exec(select(func.count()).select_from(query.subquery())).one()
-    page = session.exec(
-        query.options(
+) -> ClinicPage:
+    """One page of clinics matching ``filters`` (unnamed last), and the total count."""
+    query = (
+        _clinic_query(filters)
+        .options(
             selectinload(Clinic.locations),  # type: ignore[arg-type]
             selectinload(Clinic.specialty_links),  # type: ignore[arg-type]
         )
         .order_by(col(Clinic.name).is_(None), col(Clinic.name), col(Clinic.id))
-        .offset(offset)
-        .limit(limit)
-    ).all()
-    return list(page), int(total)
+    )
+    if not filters.facts.active:
+        total = session.exec(select(func.count()).select_from(query.subquery())).one()
+        page = session.exec(query.offset(offset).limit(limit)).all()
+        return ClinicPage(list(page), int(total))
+    # Facts such as "open now" are judged per location, in its own time zone.
+    matching: list[Clinic] = []
+    excluded: dict[str, int] = {}
+    for clinic in session.exec(query).all():
+        unknown_for: set[str] = set()
+        for location in clinic.locations:
+            if not _located_as_asked(location, filters):
+                continue
+            unknown = filters.facts.unknowns(location)
+            if unknown == []:
+                matching.append(clinic)
+                break
+            if unknown:
+                unknown_for.update(unknown)
+        else:
+            for name in unknown_for:
+                excluded[name] = excluded.get(name, 0) + 1
+    return ClinicPage(matching[offset : offset + limit], len(matching), excluded)
 
 
 def get_clinic(

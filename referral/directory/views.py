@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
 from flask import request, url_for
@@ -20,6 +22,8 @@ from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
 from referral.auth.models import SCOPE_ADMIN, SCOPE_CLINICS_WRITE, ApiKey
 from referral.db import get_session
 from referral.directory import service
+from referral.directory.facts import FactFilter
+from referral.directory.hours import is_open
 from referral.directory.models import Clinic, Location
 from referral.directory.nearest import NearestHit, find_nearest
 from referral.directory.schemas import (
@@ -33,6 +37,7 @@ from referral.directory.schemas import (
 from referral.geo.chain import get_geocoder
 from referral.geo.distance import miles_to_km
 from referral.geo.origin import OriginError, resolve_origin_args
+from referral.timeutil import utcnow
 from referral.web.problems import field_error
 
 clinics_blp = Blueprint(
@@ -88,6 +93,15 @@ def _edit(action: Any) -> Any:
         field_error(422, "json", exc.field, exc.reason)
 
 
+def _facts(args: dict[str, Any]) -> FactFilter:
+    return FactFilter(
+        open_at=utcnow() if args.get("open_now") else None,
+        accepting_new_patients=args.get("accepting_new_patients"),
+        telehealth=args.get("telehealth"),
+        language=args.get("language"),
+    )
+
+
 def _checked_specialties(codes: list[str]) -> list[str]:
     try:
         return service.check_specialties(get_session(), codes)
@@ -101,7 +115,7 @@ class Clinics(MethodView):
     @clinics_blp.arguments(ClinicQueryArgsSchema, location="query")
     @clinics_blp.response(200, ClinicSchema(many=True))
     @clinics_blp.paginate(page_size=20, max_page_size=100)
-    def get(self, args: dict[str, Any], pagination_parameters: Any) -> list[Any]:
+    def get(self, args: dict[str, Any], pagination_parameters: Any) -> Any:
         """List active clinics, filtered by name, specialty, city, state or ZIP prefix.
 
         The total count is in the `X-Pagination` header."""
@@ -111,15 +125,20 @@ class Clinics(MethodView):
             city=args.get("city"),
             state=args.get("state"),
             zip_prefix=args.get("zip"),
+            facts=_facts(args),
+            updated_since=args.get("updated_since"),
         )
-        clinics, total = service.search_clinics(
+        page = service.search_clinics(
             get_session(),
             filters,
             offset=pagination_parameters.first_item,
             limit=pagination_parameters.page_size,
         )
-        pagination_parameters.item_count = total
-        return clinics
+        pagination_parameters.item_count = page.total
+        headers = {}
+        if filters.facts.active:
+            headers["X-Excluded-Unknown"] = json.dumps(page.excluded_unknown, sort_keys=True)
+        return page.clinics, 200, headers
 
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.arguments(ClinicCreateSchema)
@@ -250,10 +269,14 @@ class Specialties(MethodView):
         return service.list_specialties(get_session())
 
 
-def _hit(hit: NearestHit) -> dict[str, Any]:
+def _hit(hit: NearestHit, now: datetime) -> dict[str, Any]:
+    location = hit.location
     return {
         "distance_km": round(hit.distance_km, 3),
         "distance_mi": round(hit.distance_mi, 3),
+        "open_now": is_open(
+            location.opening_hours, location.hours_exceptions, location.time_zone, now
+        ),
         "location": hit.location,
         "clinic": hit.location.clinic,
     }
@@ -278,6 +301,8 @@ class NearestLocations(MethodView):
         unit = args["unit"]
         radius = args.get("radius")
         radius_km = None if radius is None else (radius if unit == "km" else miles_to_km(radius))
+        facts = _facts(args)
+        now = facts.open_at or utcnow()
         found = find_nearest(
             get_session(),
             origin.lat,
@@ -285,6 +310,7 @@ class NearestLocations(MethodView):
             specialties=specialties,
             radius_km=radius_km,
             limit=args["limit"],
+            facts=facts,
         )
         outside = found.nearest_outside_radius
         return {
@@ -293,8 +319,9 @@ class NearestLocations(MethodView):
             "unit": unit,
             "specialties": specialties,
             "count": len(found.hits),
-            "results": [_hit(hit) for hit in found.hits],
-            "nearest_outside_radius": _hit(outside) if outside else None,
+            "results": [_hit(hit, now) for hit in found.hits],
+            "nearest_outside_radius": _hit(outside, now) if outside else None,
+            "excluded_unknown": found.excluded_unknown,
         }
 
 

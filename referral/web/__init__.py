@@ -42,7 +42,7 @@ def init_web(app: Flask) -> None:
         # "*" rather than the echoed Origin: one cached answer serves every embedding site.
         send_wildcard=True,
         methods=["GET", "HEAD", "OPTIONS"],
-        expose_headers=["ETag", "X-Pagination"],
+        expose_headers=["ETag", "X-Pagination", "X-Excluded-Unknown"],
         max_age=3600,
     )
     app.register_blueprint(

@@ -1,0 +1,57 @@
+"""Filters on location facts that may be unknown: open now, accepting new patients,
+telehealth, language. An unknown fact never matches, and is counted so answers can say so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from referral.directory.hours import is_open
+from referral.directory.models import Location
+
+
+@dataclass(frozen=True)
+class FactFilter:
+    """Filters on facts that may be unknown: an unknown never matches, and is counted."""
+
+    open_at: datetime | None = None
+    accepting_new_patients: bool | None = None
+    telehealth: bool | None = None
+    language: str | None = None
+
+    def unknowns(self, location: Location) -> list[str] | None:
+        """None when the location fails a known fact; else the filters it is unknown for
+        (an empty list: it matches)."""
+        unknown = []
+        if self.open_at is not None:
+            open_now = is_open(
+                location.opening_hours, location.hours_exceptions, location.time_zone, self.open_at
+            )
+            if open_now is None:
+                unknown.append("open_now")
+            elif not open_now:
+                return None
+        for name in ("accepting_new_patients", "telehealth"):
+            wanted = getattr(self, name)
+            if wanted is not None:
+                actual = getattr(location, name)
+                if actual is None:
+                    unknown.append(name)
+                elif actual != wanted:
+                    return None
+        if self.language is not None:
+            if location.languages is None:
+                unknown.append("language")
+            elif self.language not in location.languages:
+                return None
+        return unknown
+
+    @property
+    def active(self) -> bool:
+        return any(
+            value is not None
+            for value in (self.open_at, self.accepting_new_patients, self.telehealth, self.language)
+        )
+
+
+NO_FACTS = FactFilter()

@@ -1,0 +1,111 @@
+"""Opening hours: a weekly schedule plus dated exceptions, judged in the location's time zone.
+
+``opening_hours`` maps mon..sun to lists of ["HH:MM", "HH:MM"] intervals (a day absent or
+empty is closed); None means the hours are unknown. ``hours_exceptions`` lists
+{"date": "YYYY-MM-DD", "closed": true} or {"date": ..., "hours": [[open, close], ...]},
+each with an optional "note" (e.g. a holiday).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from itertools import pairwise
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+
+
+class HoursError(ValueError):
+    pass
+
+
+def _minutes(text: str) -> int:
+    if not isinstance(text, str) or not _TIME_RE.match(text):
+        raise HoursError(f"{text!r} is not a time like 08:30 (24-hour, 24:00 for midnight)")
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def check_intervals(intervals: Any, where: str) -> list[list[str]]:
+    if not isinstance(intervals, list):
+        raise HoursError(f"{where}: a list of [open, close] pairs")
+    spans = []
+    for interval in intervals:
+        if not isinstance(interval, list | tuple) or len(interval) != 2:
+            raise HoursError(f"{where}: each interval is [open, close]")
+        start, end = _minutes(interval[0]), _minutes(interval[1])
+        if start >= end:
+            raise HoursError(f"{where}: {interval[0]}-{interval[1]} closes before it opens")
+        spans.append((start, end))
+    spans.sort()
+    for (_, first_end), (second_start, _) in pairwise(spans):
+        if second_start < first_end:
+            raise HoursError(f"{where}: intervals overlap")
+    return [list(interval) for interval in intervals]
+
+
+def check_schedule(schedule: Any) -> dict[str, list[list[str]]]:
+    if not isinstance(schedule, dict):
+        raise HoursError("an object with days mon..sun")
+    unknown = set(schedule) - set(DAYS)
+    if unknown:
+        raise HoursError(f"unknown day(s) {', '.join(sorted(unknown))}; use {', '.join(DAYS)}")
+    return {day: check_intervals(schedule[day], day) for day in DAYS if day in schedule}
+
+
+def check_exceptions(exceptions: Any) -> list[dict[str, Any]]:
+    if not isinstance(exceptions, list):
+        raise HoursError("a list of {date, closed | hours, note}")
+    seen = set()
+    checked = []
+    for item in exceptions:
+        if not isinstance(item, dict) or "date" not in item:
+            raise HoursError("each exception needs a date")
+        unknown = set(item) - {"date", "closed", "hours", "note"}
+        if unknown:
+            raise HoursError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        try:
+            day = date.fromisoformat(str(item["date"]))
+        except ValueError as exc:
+            raise HoursError(f"{item['date']!r} is not a date like 2026-12-25") from exc
+        if day in seen:
+            raise HoursError(f"{day} is listed twice")
+        seen.add(day)
+        closed = item.get("closed") is True
+        if closed == ("hours" in item):
+            raise HoursError(f"{day}: give either closed: true or hours")
+        entry: dict[str, Any] = {"date": day.isoformat()}
+        if closed:
+            entry["closed"] = True
+        else:
+            entry["hours"] = check_intervals(item["hours"], str(day))
+        if item.get("note") is not None:
+            entry["note"] = str(item["note"])[:200]
+        checked.append(entry)
+    return checked
+
+
+def is_open(
+    schedule: dict[str, Any] | None,
+    exceptions: list[dict[str, Any]] | None,
+    time_zone: str | None,
+    now: datetime,
+) -> bool | None:
+    """True or False when known; None when the hours or the time zone are unknown."""
+    if schedule is None or not time_zone:
+        return None
+    try:
+        local = now.astimezone(ZoneInfo(time_zone))
+    except ZoneInfoNotFoundError:
+        return None
+    today = local.date().isoformat()
+    intervals = schedule.get(DAYS[local.weekday()], [])
+    for exception in exceptions or []:
+        if exception.get("date") == today:
+            intervals = [] if exception.get("closed") else exception.get("hours", [])
+            break
+    minute = local.hour * 60 + local.minute
+    return any(_minutes(start) <= minute < _minutes(end) for start, end in intervals)
