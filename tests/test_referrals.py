@@ -597,3 +597,35 @@ def test_purge_removes_payloads_but_keeps_counts(app, client, runner, keys):
             assert "pt-1" not in json.dumps(record.response_body)
         assert session.exec(select(ReferralEvent)).first() is not None
     assert any(row.action == "referral.purge" for row in audit_rows(app))
+
+
+def test_a_slow_original_cannot_complete_or_release_a_taken_over_claim(app):
+    engine = get_database(app).engine
+    with Session(engine) as session:
+        key, _ = create_key(session, name="slowapp", scopes=["referrals:write"])
+        session.commit()
+        assert key.id is not None
+        key_id = key.id
+    args = dict(
+        api_key_id=key_id,
+        key="slow",
+        request_hash="h",
+        retention=timedelta(hours=48),
+        stale_after=timedelta(seconds=60),
+    )
+    original = idempotency.claim(engine, **args)
+    with Session(engine) as session:
+        record = session.get(IdempotencyRecord, original.record_id)
+        assert record is not None
+        record.created_at = utcnow() - timedelta(minutes=5)  # looks abandoned
+        session.commit()
+    takeover = idempotency.claim(engine, **args)
+    assert takeover.outcome == idempotency.ClaimOutcome.NEW
+    idempotency.release(engine, original)  # the slow original fails: must not free the key
+    assert idempotency.claim(engine, **args).outcome == idempotency.ClaimOutcome.IN_FLIGHT
+    with Session(engine) as session, pytest.raises(idempotency.ClaimLostError):
+        idempotency.complete(session, original, status=201, body={}, referral_id="x" * 32)
+    with Session(engine) as session:
+        idempotency.complete(session, takeover, status=201, body={"id": "y"}, referral_id="y" * 32)
+        session.commit()
+    assert idempotency.claim(engine, **args).outcome == idempotency.ClaimOutcome.REPLAY

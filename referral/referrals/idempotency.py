@@ -39,6 +39,13 @@ class Claim:
     record_id: int
     response_status: int | None = None
     response_body: dict[str, Any] | None = None
+    # The claim's created_at doubles as its owner token: a takeover changes it, so a slow
+    # original can neither complete nor release a claim that is no longer its own.
+    claimed_at: datetime | None = None
+
+
+class ClaimLostError(RuntimeError):
+    """Another retry took this claim over (it looked abandoned); store nothing."""
 
 
 def fingerprint(payload: Any) -> str:
@@ -85,7 +92,7 @@ def claim(
                 session.rollback()
                 continue
             assert record.id is not None
-            return Claim(ClaimOutcome.NEW, record.id)
+            return Claim(ClaimOutcome.NEW, record.id, claimed_at=now)
     raise RuntimeError("idempotency key could not be claimed")
 
 
@@ -115,31 +122,37 @@ def _classify(
         )
         session.commit()
         if taken.rowcount == 1:  # type: ignore[attr-defined]
-            return Claim(ClaimOutcome.NEW, record.id)
+            return Claim(ClaimOutcome.NEW, record.id, claimed_at=now)
     return Claim(ClaimOutcome.IN_FLIGHT, record.id)
 
 
+def _owned(claim: Claim) -> Any:
+    return (
+        (col(IdempotencyRecord.id) == claim.record_id)
+        & (col(IdempotencyRecord.state) == IN_FLIGHT)
+        & (col(IdempotencyRecord.created_at) == claim.claimed_at)
+    )
+
+
 def complete(
-    session: Session, record_id: int, *, status: int, body: dict[str, Any], referral_id: str
+    session: Session, claim: Claim, *, status: int, body: dict[str, Any], referral_id: str
 ) -> None:
-    """Store the response in the caller's transaction (the one that stores the referral)."""
-    record = session.get(IdempotencyRecord, record_id)
-    if record is None:  # purged meanwhile; the referral still stands
-        return
-    record.state = DONE
-    record.response_status = status
-    record.response_body = body
-    record.referral_id = referral_id
+    """Store the response in the caller's transaction (the one that stores the referral);
+    raise ClaimLostError if the claim is no longer this request's."""
+    done = session.execute(
+        update(IdempotencyRecord)
+        .where(_owned(claim))
+        .values(state=DONE, response_status=status, response_body=body, referral_id=referral_id)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise ClaimLostError("the Idempotency-Key was taken over by a retry")
 
 
-def release(engine: Engine, record_id: int) -> None:
-    """The request failed and stored nothing: free the key for a corrected retry."""
+def release(engine: Engine, claim: Claim) -> None:
+    """The request failed and stored nothing: free the key for a corrected retry (unless a
+    retry owns it now)."""
     with Session(engine) as session:
-        session.execute(
-            delete(IdempotencyRecord).where(
-                col(IdempotencyRecord.id) == record_id, col(IdempotencyRecord.state) == IN_FLIGHT
-            )
-        )
+        session.execute(delete(IdempotencyRecord).where(_owned(claim)))
         session.commit()
 
 

@@ -187,7 +187,7 @@ class Referrals(MethodView):
             if claim is not None:
                 idempotency.complete(
                     session,
-                    claim.record_id,
+                    claim,
                     status=201,
                     body=ReferralSchema().dump(detail),
                     referral_id=referral.id,
@@ -198,6 +198,10 @@ class Referrals(MethodView):
             self._release(claim)
             _audit("referral.create", "rejected")
             field_error(422, "json", exc.field, exc.reason)
+        except idempotency.ClaimLostError:
+            session.rollback()
+            _audit("referral.create", "in_flight")
+            field_error(409, "headers", "Idempotency-Key", "a retry with this key took over")
         except BaseException:
             session.rollback()
             self._release(claim)
@@ -210,7 +214,7 @@ class Referrals(MethodView):
     @staticmethod
     def _release(claim: idempotency.Claim | None) -> None:
         if claim is not None:
-            idempotency.release(get_database().engine, claim.record_id)
+            idempotency.release(get_database().engine, claim)
 
     @referrals_blp.doc(security=BEARER_SECURITY)
     @referrals_blp.arguments(ReferralQueryArgsSchema, location="query")
