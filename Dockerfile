@@ -4,7 +4,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    REFERRAL_DATABASE_URL=sqlite:////data/referral.db
+    REFERRAL_DATABASE_URL=sqlite:////data/referral.db \
+    REFERRAL_INSTANCE_PATH=/data
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -1,4 +1,4 @@
-"""Commands of the ``referral`` CLI (and of ``flask --app referral``): db, seed, serve."""
+"""Commands of the ``referral`` CLI (and of ``flask --app referral``): db, seed, serve, import."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from referral.migrations import runner
 
 
 def init_app(app: Flask) -> None:
+    from referral.admin.commands import import_command
     from referral.auth.commands import keys
     from referral.referrals.commands import referrals
 
-    for command in (db, seed, serve, keys, referrals):
+    for command in (db, seed, serve, keys, referrals, import_command):
         app.cli.add_command(command)
 
 

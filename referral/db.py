@@ -37,10 +37,16 @@ class Database:
     def _create_engine(self) -> Engine:
         if self.is_sqlite:
             timeout_s = self.sqlite_busy_timeout_ms / 1000
-            engine = create_engine(self.url, echo=self.echo, connect_args={"timeout": timeout_s})
+            engine = create_engine(
+                self.url,
+                echo=self.echo,
+                connect_args={"timeout": timeout_s},
+                hide_parameters=True,
+            )
             event.listen(engine, "connect", self._configure_sqlite)
             return engine
-        return create_engine(self.url, echo=self.echo, pool_pre_ping=True)
+        # hide_parameters: error messages must not quote values (patient data) into logs.
+        return create_engine(self.url, echo=self.echo, pool_pre_ping=True, hide_parameters=True)
 
     def _configure_sqlite(self, dbapi_connection: Any, _record: Any) -> None:
         # WAL lets readers proceed during a write; the busy timeout makes writers wait, not fail.

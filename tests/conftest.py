@@ -26,6 +26,14 @@ from referral.migrations import runner as migrations
 from referral.seed import seed_all
 
 POSTGRES_ENV = "REFERRAL_TEST_POSTGRES_URL"
+# CI sets this: what would be skipped on a developer's machine must fail there instead.
+STRICT = os.environ.get("REFERRAL_TEST_STRICT") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    if STRICT:
+        pytest.fail(f"{reason} (REFERRAL_TEST_STRICT=1: nothing may be skipped)")
+    pytest.skip(reason)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_SEEDS = REPO_ROOT.parent / "shared" / "seeds"
 
@@ -75,7 +83,7 @@ def postgres() -> Iterator[PostgresServer]:
         with server.admin.connect():
             pass
     except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL run skipped: cannot connect to {POSTGRES_ENV}: {exc.orig}")
+        skip_or_fail(f"PostgreSQL run skipped: cannot connect to {POSTGRES_ENV}: {exc.orig}")
     yield server
     server.admin.dispose()
 

@@ -11,7 +11,7 @@ from sqlmodel import Session, func, select
 
 from referral.db import get_database
 from referral.directory.models import Clinic, ClinicSpecialty, GeocodePrecision, Location, Specialty
-from tests.conftest import REPO_ROOT, SHARED_SEEDS
+from tests.conftest import REPO_ROOT, SHARED_SEEDS, skip_or_fail
 
 SEED = json.loads((REPO_ROOT / "seed_data" / "clinics.json").read_text(encoding="utf-8"))
 SPECIALTIES = json.loads((REPO_ROOT / "seed_data" / "specialties.json").read_text(encoding="utf-8"))
@@ -22,7 +22,7 @@ PRO_THERAPY = "003_509d6912eafce3c0.txt"
 def source_text(name: str) -> str:
     path = SHARED_SEEDS / name
     if not path.exists():
-        pytest.skip(f"source documents not beside this checkout ({SHARED_SEEDS})")
+        skip_or_fail(f"source documents not beside this checkout ({SHARED_SEEDS})")
     return path.read_text(encoding="utf-8")
 
 

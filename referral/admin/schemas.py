@@ -9,6 +9,7 @@ from marshmallow import validate
 
 from referral.directory.hours import HoursError, check_exceptions, check_schedule
 from referral.directory.schemas import LANGUAGE, ZIP_PATTERN, StateCode
+from referral.web.limits import MAX_ID
 
 
 class _Strict(ma.Schema):
@@ -104,6 +105,6 @@ class AuditQueryArgsSchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
-    clinic_id = ma.fields.Integer(validate=validate.Range(min=1))
+    clinic_id = ma.fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
     since = ma.fields.AwareDateTime(default_timezone=None)
     until = ma.fields.AwareDateTime(default_timezone=None)

@@ -15,7 +15,7 @@ from referral.auth.models import ApiKey
 from referral.directory.models import Clinic, ClinicSpecialty, GeocodePrecision, Location
 from referral.directory.service import UnknownSpecialtyError, check_specialties
 from referral.geo.chain import GeocoderChain
-from referral.timeutil import utcnow
+from referral.timeutil import to_utc, utcnow
 
 
 class EditError(ValueError):
@@ -261,9 +261,9 @@ def list_changes(
     if filters.clinic_id is not None:
         query = query.where(col(AdminChange.clinic_id) == filters.clinic_id)
     if filters.since is not None:
-        query = query.where(col(AdminChange.at) >= filters.since)
+        query = query.where(col(AdminChange.at) >= to_utc(filters.since))
     if filters.until is not None:
-        query = query.where(col(AdminChange.at) < filters.until)
+        query = query.where(col(AdminChange.at) < to_utc(filters.until))
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = session.exec(
         query.order_by(col(AdminChange.at).desc(), col(AdminChange.id).desc())

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
+from referral.admin.review import (
+    DEFAULT_STALE_DAYS,
+    ReviewItemSchema,
+    ReviewQueryArgsSchema,
+    review_queue,
+)
 from referral.admin.schemas import AdminChangeSchema, AuditQueryArgsSchema
 from referral.admin.service import ChangeFilters, list_changes
 from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
 from referral.auth.models import SCOPE_ADMIN
 from referral.db import get_session
+from referral.web.api import Blueprint
 
 admin_blp = Blueprint(
     "admin", __name__, url_prefix="/v1/admin", description="Directory administration (admin)."
@@ -41,3 +48,25 @@ class AdminAudit(MethodView):
         )
         pagination_parameters.item_count = total
         return changes
+
+
+@admin_blp.route("/review")
+class AdminReview(MethodView):
+    @admin_blp.doc(security=BEARER_SECURITY)
+    @admin_blp.arguments(ReviewQueryArgsSchema, location="query")
+    @admin_blp.response(200, ReviewItemSchema(many=True))
+    @admin_blp.paginate(page_size=50, max_page_size=200)
+    def get(self, args: dict[str, Any], pagination_parameters: Any) -> Any:
+        """The review queue: records a person should look at, each with its `reasons`.
+
+        Unknown names or phones, locations geocoded only to a city (or not at all), active
+        clinics sharing one phone (one item listing them), records flagged for review, and
+        records not updated for `REVIEW_STALE_DAYS` (default 365) days."""
+        items = review_queue(
+            get_session(),
+            stale_days=float(current_app.config.get("REVIEW_STALE_DAYS", DEFAULT_STALE_DAYS)),
+            codes=args.get("reason", []),
+        )
+        pagination_parameters.item_count = len(items)
+        first = pagination_parameters.first_item
+        return items[first : first + pagination_parameters.page_size]

@@ -44,7 +44,7 @@ KEY_RE = re.compile(
     rf"{KEY_PREFIX}(?P<key_id>[0-9a-f]{{{KEY_ID_HEX_CHARS}}})_(?P<secret>[A-Za-z0-9_-]{{{_SECRET_CHARS}}})"
 )
 KEY_ID_RE = re.compile(rf"[0-9a-f]{{{KEY_ID_HEX_CHARS}}}")
-NAME_MAX_CHARS = 120
+NAME_MAX_CHARS = 100  # the referral log keeps it as the source: VARCHAR(100)
 
 # last_used_at is written at most this often per key, so reads do not all write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

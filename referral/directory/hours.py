@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+_TIME_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]|24:00")
 
 
 class HoursError(ValueError):
@@ -23,7 +23,7 @@ class HoursError(ValueError):
 
 
 def _minutes(text: str) -> int:
-    if not isinstance(text, str) or not _TIME_RE.match(text):
+    if not isinstance(text, str) or not _TIME_RE.fullmatch(text):
         raise HoursError(f"{text!r} is not a time like 08:30 (24-hour, 24:00 for midnight)")
     hours, minutes = text.split(":")
     return int(hours) * 60 + int(minutes)

@@ -12,7 +12,7 @@ from referral.directory.models import GeocodePrecision
 from referral.geo.distance import miles_to_km
 from referral.geo.usps import STATE_CODES
 
-ZIP_PATTERN = r"^\d{5}(-\d{4})?$"
+ZIP_PATTERN = r"^[0-9]{5}(-[0-9]{4})?\Z"
 
 
 class StateCode(ma.fields.String):
@@ -173,7 +173,7 @@ class _QueryArgs(ma.Schema):
         unknown = ma.EXCLUDE
 
 
-LANGUAGE = validate.Regexp(r"^[a-z]{2}$", error="an ISO 639-1 code such as en or es")
+LANGUAGE = validate.Regexp(r"^[a-z]{2}\Z", error="an ISO 639-1 code such as en or es")
 
 
 class FactArgs(ma.Schema):
@@ -199,7 +199,7 @@ class ClinicQueryArgsSchema(_QueryArgs, FactArgs):
     city = ma.fields.String(validate=validate.Length(min=1, max=100))
     state = StateCode()
     zip = ma.fields.String(
-        validate=validate.Regexp(r"^\d{1,5}$", error="must be 1 to 5 digits (a ZIP prefix)"),
+        validate=validate.Regexp(r"^[0-9]{1,5}\Z", error="must be 1 to 5 digits (a ZIP prefix)"),
         metadata={"description": "ZIP code or its prefix"},
     )
     updated_since = ma.fields.AwareDateTime(

@@ -14,6 +14,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from referral.directory.facts import NO_FACTS, FactFilter
 from referral.directory.models import Clinic, ClinicSpecialty, Location, Specialty
+from referral.timeutil import to_utc
 
 
 class UnknownSpecialtyError(ValueError):
@@ -71,11 +72,11 @@ def _clinic_query(filters: ClinicFilters) -> SelectOfScalar[Clinic]:
         query = query.where(col(Clinic.active).is_(True))
     else:
         changed_locations = select(Location.clinic_id).where(
-            col(Location.updated_at) >= filters.updated_since
+            col(Location.updated_at) >= to_utc(filters.updated_since)
         )
         query = query.where(
             or_(
-                col(Clinic.updated_at) >= filters.updated_since,
+                col(Clinic.updated_at) >= to_utc(filters.updated_since),
                 col(Clinic.id).in_(changed_locations),
             )
         )

@@ -8,7 +8,6 @@ from typing import Any
 
 from flask import request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from sqlalchemy.orm.exc import StaleDataError
 
 from referral.admin import service as admin
@@ -38,6 +37,7 @@ from referral.geo.chain import get_geocoder
 from referral.geo.distance import miles_to_km
 from referral.geo.origin import OriginError, resolve_origin_args
 from referral.timeutil import utcnow
+from referral.web.api import Blueprint
 from referral.web.problems import field_error
 
 clinics_blp = Blueprint(
@@ -159,7 +159,7 @@ def _clinic_or_404(clinic_id: int) -> Clinic:
     return clinic
 
 
-@clinics_blp.route("/<int:clinic_id>")
+@clinics_blp.route("/<int(max=2147483647):clinic_id>")
 class ClinicById(MethodView):
     @clinics_blp.etag
     @clinics_blp.response(200, ClinicSchema)
@@ -197,7 +197,7 @@ class ClinicById(MethodView):
         _commit_edit("clinic")
 
 
-@clinics_blp.route("/<int:clinic_id>/locations")
+@clinics_blp.route("/<int(max=2147483647):clinic_id>/locations")
 class ClinicLocations(MethodView):
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.arguments(LocationCreateSchema)
@@ -225,7 +225,7 @@ def _location_or_404(clinic_id: int, location_id: int) -> Location:
     field_error(404, "path", "location_id", f"clinic {clinic_id} has no location {location_id}")
 
 
-@clinics_blp.route("/<int:clinic_id>/locations/<int:location_id>")
+@clinics_blp.route("/<int(max=2147483647):clinic_id>/locations/<int(max=2147483647):location_id>")
 class ClinicLocationById(MethodView):
     @clinics_blp.etag
     @clinics_blp.response(200, LocationSchema)

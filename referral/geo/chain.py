@@ -15,8 +15,8 @@ from referral.directory.models import GeocodePrecision
 from referral.geo.gazetteer import Gazetteer, Place, get_gazetteer
 from referral.geo.network import NetworkGeocoder
 
-_ZIP_ANYWHERE = re.compile(r"\b(\d{5})(?:-\d{4})?\b")
-_STATE_ZIP_TAIL = re.compile(r"^\s*([A-Za-z]{2})(?:\s+\d{5}(?:-\d{4})?)?\s*$")
+_ZIP_ANYWHERE = re.compile(r"\b([0-9]{5})(?:-[0-9]{4})?\b")
+_STATE_ZIP_TAIL = re.compile(r"^\s*([A-Za-z]{2})(?:\s+[0-9]{5}(?:-[0-9]{4})?)?\s*\Z")
 
 
 @dataclass(frozen=True)

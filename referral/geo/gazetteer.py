@@ -24,7 +24,7 @@ from referral.directory.models import GeocodePrecision
 ZIPCODES_VERSION = version("zipcodes")
 SOURCE = f"zipcodes {ZIPCODES_VERSION}"
 
-ZIP_RE = re.compile(r"^(\d{5})(?:-\d{4})?$")
+ZIP_RE = re.compile(r"^([0-9]{5})(?:-[0-9]{4})?\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ class Claim:
     record_id: int
     response_status: int | None = None
     response_body: dict[str, Any] | None = None
+    referral_id: str | None = None
     # The claim's created_at doubles as its owner token: a takeover changes it, so a slow
     # original can neither complete nor release a claim that is no longer its own.
     claimed_at: datetime | None = None
@@ -107,7 +108,13 @@ def _classify(
     if record.request_hash != request_hash:
         return Claim(ClaimOutcome.MISMATCH, record.id)
     if record.state == DONE:
-        return Claim(ClaimOutcome.REPLAY, record.id, record.response_status, record.response_body)
+        return Claim(
+            ClaimOutcome.REPLAY,
+            record.id,
+            record.response_status,
+            record.response_body,
+            referral_id=record.referral_id,
+        )
     if as_utc(record.created_at) < now - stale_after:
         # The request that claimed it died mid-way (nothing was stored with it): take over,
         # unless another retry takes over first.

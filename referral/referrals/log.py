@@ -28,7 +28,7 @@ from referral.referrals.models import (
     ReferralEvent,
     Status,
 )
-from referral.timeutil import as_utc, utcnow
+from referral.timeutil import as_utc, to_utc, utcnow
 
 
 class TransitionError(ValueError):
@@ -42,12 +42,17 @@ class ChangeNotAllowedError(PermissionError):
 
 
 def visible_to(key: ApiKey) -> ColumnElement[bool]:
-    """Admin sees all; a clinic's key the referrals matched to it; an app its own."""
+    """Admin sees all; a clinic's key the referrals matched to it; an app's key those it
+    sent (by key, not by name: names are labels, not identities)."""
     if key.has_scope(SCOPE_ADMIN):
         return true()
     if key.clinic_id is not None:
         return col(Referral.matched_clinic_id) == key.clinic_id
-    return col(Referral.source) == key.name
+    return col(Referral.source_key_id) == key.id
+
+
+def get_by_id(session: Session, referral_id: str) -> Referral | None:
+    return session.get(Referral, referral_id)
 
 
 def get_visible(session: Session, key: ApiKey, referral_id: str) -> Referral | None:
@@ -74,9 +79,9 @@ def _filtered(key: ApiKey, filters: ReferralFilters) -> SelectOfScalar[Referral]
     if filters.source:
         query = query.where(col(Referral.source) == filters.source)
     if filters.created_after:
-        query = query.where(col(Referral.created_at) >= filters.created_after)
+        query = query.where(col(Referral.created_at) >= to_utc(filters.created_after))
     if filters.created_before:
-        query = query.where(col(Referral.created_at) < filters.created_before)
+        query = query.where(col(Referral.created_at) < to_utc(filters.created_before))
     return query
 
 
@@ -129,7 +134,7 @@ def may_change(key: ApiKey, referral: Referral, wanted: Status) -> bool:
         return key.has_scope(SCOPE_REFERRALS_STATUS)
     # The app that sent it may withdraw it, nothing more.
     return (
-        referral.source == key.name
+        referral.source_key_id == key.id
         and key.has_scope(SCOPE_REFERRALS_WRITE)
         and wanted == Status.CANCELLED
     )

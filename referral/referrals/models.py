@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Index, UniqueConstraint
+from sqlalchemy.orm import declared_attr
 from sqlmodel import Field, SQLModel
 
 from referral.timeutil import utcnow
@@ -116,6 +117,12 @@ class Referral(ReferralBase, table=True):
     )
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     purged_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Optimistic locking: of two concurrent status changes, the second finds another version.
+    version: int = Field(default=1)
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]
 
 
 class ReferralEvent(SQLModel, table=True):

@@ -17,16 +17,19 @@ from referral.directory.schemas import (
     origin_errors,
 )
 from referral.referrals.models import Status, Urgency
+from referral.web.limits import MAX_ID
 
 # An opaque id from the app: letters, digits and . _ : - only, so no names with spaces, no
 # e-mail addresses.
-PATIENT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-# Keys that would carry identity into the assessment summary.
-IDENTIFYING_KEYS = re.compile(
-    r"(^|_)(name|first_?name|last_?name|full_?name|e_?mail|phone|mobile|tel|dob|birth|"
-    r"birth_?date|date_?of_?birth|address|street|ssn|mrn|insurance)(_|$)",
-    re.IGNORECASE,
-)
+PATIENT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z"
+# Parts of key names that would carry identity into the assessment summary, matched in the
+# key lowercased with everything but letters and digits removed (so patientName,
+# phone_number and Home-Address are all caught).
+IDENTIFYING_KEY_PARTS = (
+    "name", "mail", "phone", "mobile", "birth", "dob", "address", "street", "ssn", "mrn",
+    "insurance", "passport", "license",
+)  # fmt: skip
+EMAIL_VALUE = re.compile(r"[^@\s]+@[^@\s]+\.[a-z]{2,}", re.IGNORECASE)
 ASSESSMENT_MAX_BYTES = 4096
 ASSESSMENT_MAX_DEPTH = 4
 
@@ -41,12 +44,15 @@ def check_assessment(value: dict[str, Any]) -> None:
             raise ma.ValidationError(f"nested deeper than {ASSESSMENT_MAX_DEPTH} levels at {path}")
         if isinstance(node, dict):
             for key, child in node.items():
-                if IDENTIFYING_KEYS.search(str(key)):
+                folded = re.sub(r"[^a-z0-9]", "", str(key).lower())
+                if any(part in folded for part in IDENTIFYING_KEY_PARTS):
                     raise ma.ValidationError(
                         f"'{path}{key}' looks like identifying data; send no names, contact "
                         "details or birth dates"
                     )
                 walk(child, depth + 1, f"{path}{key}.")
+        elif isinstance(node, str) and EMAIL_VALUE.search(node):
+            raise ma.ValidationError(f"{path.rstrip('.')}: looks like an e-mail address")
         elif isinstance(node, list):
             for index, child in enumerate(node):
                 walk(child, depth + 1, f"{path}{index}.")
@@ -83,7 +89,7 @@ class ReferralCreateSchema(_Strict):
         load_default=Urgency.ROUTINE.value, validate=validate.OneOf([u.value for u in Urgency])
     )
     red_flags = ma.fields.List(CODE, load_default=list, validate=validate.Length(max=20))
-    preferred_clinic_id = ma.fields.Integer(strict=True, validate=validate.Range(min=1))
+    preferred_clinic_id = ma.fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ID))
     max_distance = ma.fields.Float(
         allow_nan=False, validate=validate.Range(min=0, min_inclusive=False)
     )
@@ -124,7 +130,7 @@ class ReferralQueryArgsSchema(ma.Schema):
         unknown = ma.EXCLUDE
 
     status = ma.fields.String(validate=validate.OneOf([s.value for s in Status]))
-    clinic_id = ma.fields.Integer(validate=validate.Range(min=1))
+    clinic_id = ma.fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
     source = ma.fields.String(validate=validate.Length(min=1, max=100))
     created_after = ma.fields.AwareDateTime(default_timezone=None)
     created_before = ma.fields.AwareDateTime(default_timezone=None)

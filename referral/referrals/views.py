@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Response, current_app, g, request, stream_with_context, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from sqlalchemy.orm.exc import StaleDataError
 
 from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
 from referral.auth.models import (
@@ -36,6 +36,7 @@ from referral.referrals.schemas import (
     VocabularySchema,
 )
 from referral.referrals.vocabulary import load_vocabulary
+from referral.web.api import Blueprint
 from referral.web.problems import field_error
 
 referrals_blp = Blueprint(
@@ -52,8 +53,8 @@ concerns_blp = Blueprint(
 )
 
 ANY_READER = (SCOPE_REFERRALS_READ, SCOPE_REFERRALS_WRITE, SCOPE_REFERRALS_STATUS, SCOPE_ADMIN)
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
-REFERRAL_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
+REFERRAL_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 @referrals_blp.before_request
@@ -63,12 +64,27 @@ def authenticate_first() -> None:
         authenticate()
 
 
+@referrals_blp.after_request
+def audit_refusals(response: Response) -> Response:
+    """Refusals (401, 403, 422...) are attempts too: record those no view recorded."""
+    if response.status_code >= 400 and not g.get("audited"):
+        paths = {"stats": "referral.stats", "export.csv": "referral.export"}
+        action = {"POST": "referral.create", "PATCH": "referral.update"}.get(
+            request.method, paths.get(request.path.rsplit("/", 1)[-1], "referral.read")
+        )
+        referral_id = (request.view_args or {}).get("referral_id")
+        valid = isinstance(referral_id, str) and REFERRAL_ID_RE.fullmatch(referral_id)
+        _audit(action, f"refused_{response.status_code}", [referral_id if valid else None])
+    return response
+
+
 def current_key() -> ApiKey:
     key: ApiKey = g.api_key
     return key
 
 
 def _audit(action: str, outcome: str, referral_ids: Any = (None,)) -> None:
+    g.audited = True
     key = g.get("api_key")
     audit.record(
         get_database().engine,
@@ -91,6 +107,11 @@ def _filters(args: dict[str, Any]) -> referral_log.ReferralFilters:
 
 def _replay(claim: idempotency.Claim) -> Response:
     body = dict(claim.response_body or {})
+    if not body.get("id") and claim.referral_id:
+        # The stored answer was purged (it repeated patient data): answer from the log.
+        referral = referral_log.get_by_id(get_session(), claim.referral_id)
+        if referral is not None:
+            body = ReferralSchema().dump(referral_log.detail(get_session(), referral))
     body["replayed"] = True
     response = current_app.response_class(
         current_app.json.dumps(body),
@@ -107,7 +128,7 @@ def _claim_idempotency_key(body: dict[str, Any]) -> idempotency.Claim | None:
     presented = request.headers.get("Idempotency-Key")
     if presented is None:
         return None
-    if not IDEMPOTENCY_KEY_RE.match(presented):
+    if not IDEMPOTENCY_KEY_RE.fullmatch(presented):
         field_error(422, "headers", "Idempotency-Key", "1 to 255 visible ASCII characters")
     config = current_app.config
     key = current_key()
@@ -241,11 +262,13 @@ class Referrals(MethodView):
 def _visible_or_404(referral_id: str, action: str) -> Any:
     key = current_key()
     referral = None
-    if REFERRAL_ID_RE.match(referral_id):
+    if REFERRAL_ID_RE.fullmatch(referral_id):
         referral = referral_log.get_visible(get_session(), key, referral_id)
     if referral is None:
         # The same answer whether it does not exist or belongs to someone else.
-        _audit(action, "not_found", [referral_id if REFERRAL_ID_RE.match(referral_id) else None])
+        _audit(
+            action, "not_found", [referral_id if REFERRAL_ID_RE.fullmatch(referral_id) else None]
+        )
         field_error(404, "path", "referral_id", "no such referral")
     return referral
 
@@ -284,6 +307,10 @@ class ReferralById(MethodView):
             session.rollback()
             _audit("referral.update", "conflict", [referral.id])
             field_error(409, "json", "status", str(exc))
+        except StaleDataError:
+            session.rollback()
+            _audit("referral.update", "conflict", [referral_id])
+            field_error(409, "json", "status", "the referral changed meanwhile; fetch it again")
         _audit("referral.update", "ok", [referral.id])
         return referral_log.detail(session, referral)
 

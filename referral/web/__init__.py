@@ -9,15 +9,21 @@ from flask_cors import CORS
 from swagger_ui_bundle import swagger_ui_path
 
 from referral.web.api import ReferralApi
+from referral.web.limits import MAX_PAGE
+from referral.web.problems import field_error
 
 # Public, read-only endpoints any site may call from a browser.
-PUBLIC_PATHS = r"/v1/(clinics|locations|specialties|concerns)(/.*)?"
+PUBLIC_PATHS = (
+    r"/v1/((clinics|locations|specialties|concerns)(/.*)?|clinics\.csv|locations\.geojson)"
+)
 PUBLIC_PATH_RE = re.compile(PUBLIC_PATHS)
 
 
 def init_web(app: Flask) -> None:
+    from referral.admin.import_views import imports_blp
     from referral.admin.views import admin_blp
     from referral.auth.keys import register_security_scheme
+    from referral.directory.exports import exports_blp
     from referral.directory.views import clinics_blp, locations_blp, specialties_blp
     from referral.geo.chain import init_app as init_geocoder
     from referral.referrals.views import concerns_blp, referrals_blp
@@ -32,6 +38,8 @@ def init_web(app: Flask) -> None:
         concerns_blp,
         referrals_blp,
         admin_blp,
+        imports_blp,
+        exports_blp,
     ):
         api.register_blueprint(blp)
     app.extensions["referral_api"] = api
@@ -53,6 +61,16 @@ def init_web(app: Flask) -> None:
             static_url_path="/docs/assets",
         )
     )
+
+    @app.before_request
+    def refuse_hostile_query_strings() -> None:
+        # Before any view: PostgreSQL refuses NUL in text, and huge pages overflow offsets.
+        for name, value in request.args.items(multi=True):
+            if "\x00" in value:
+                field_error(422, "query", name, "NUL characters are not accepted")
+        page = request.args.get("page", "")
+        if page.isascii() and page.isdigit() and int(page) > MAX_PAGE:
+            field_error(422, "query", "page", f"at most {MAX_PAGE}")
 
     @app.after_request
     def cache_public_reads(response: Response) -> Response:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import http
+import json
 from typing import Any
 
-from flask_smorest import Api
+import flask_smorest
+from flask import Request
+from flask_smorest import Api, abort
 from flask_smorest.utils import prepare_response
+from webargs.core import missing, parse_json
+from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
 
 from referral.web.problems import PROBLEM_JSON, ProblemSchema, problem_response
@@ -32,3 +37,28 @@ class ReferralApi(Api):
         }
         prepare_response(default, self.spec, PROBLEM_JSON)
         self.spec.components.response("DEFAULT_ERROR", default, lazy=True)
+
+
+class HardenedParser(FlaskParser):
+    """webargs' parser, but hostile JSON is a 400, never a 500: nesting that exhausts the
+    recursion limit, numbers too long to convert, and NUL characters (PostgreSQL refuses
+    them in text)."""
+
+    def _raw_load_json(self, req: Request) -> Any:
+        if not is_json_request(req):
+            return missing
+        data = req.get_data(cache=True)
+        if b"\\u0000" in data or b"\x00" in data:
+            abort(400, messages={"json": ["NUL characters are not accepted"]})
+        try:
+            return parse_json(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise
+        except (RecursionError, ValueError):
+            abort(400, messages={"json": ["JSON nested too deeply, or a number too long"]})
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's Blueprint with the hardened argument parser: use this one."""
+
+    ARGUMENTS_PARSER = HardenedParser()
