@@ -24,9 +24,10 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "GEOCODER_MIN_DELAY_SECONDS": 1.0,
         "GEOCODER_TIMEOUT_SECONDS": 5.0,
         "GEOCODE_CACHE_TTL_DAYS": 90,
-        # Nearest search limits.
-        "NEAREST_DEFAULT_LIMIT": 5,
-        "NEAREST_MAX_LIMIT": 50,
+        # Keys the geocode cache's hashes: without it a cached address could be confirmed by
+        # hashing guesses. Set REFERRAL_GEOCODE_CACHE_SECRET in production.
+        "GEOCODE_CACHE_SECRET": None,
+        # Nearest search: the largest radius (or referral max_distance) accepted.
         "NEAREST_MAX_RADIUS_KM": 5000.0,
         # Request bodies beyond this are refused with 413 before they are read.
         "MAX_CONTENT_LENGTH": 64 * 1024,

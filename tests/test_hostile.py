@@ -234,3 +234,34 @@ def test_refused_attempts_are_audited(app, client, keys):
         ("referral.stats", "refused_403"),
         ("referral.create", "refused_422"),
     ]
+
+
+def test_geocode_cache_keys_are_keyed_with_the_secret():
+    from referral.geo.network import NetworkGeocoder
+
+    def make(secret: str | None) -> NetworkGeocoder:
+        return NetworkGeocoder(
+            "nominatim",
+            {"user_agent": "referral-tests/1.0 (tests@example.org)"},
+            engine_factory=lambda: None,  # type: ignore[arg-type,return-value]
+            cache_secret=secret,
+        )
+
+    address = "2112 Broadway Street NE, Minneapolis, MN 55413"
+    plain, keyed, other = make(None), make("s3cret"), make("another")
+    assert keyed.cache_key(address) != plain.cache_key(address)
+    assert keyed.cache_key(address) != other.cache_key(address)
+    assert keyed.cache_key(address.upper()) == keyed.cache_key(address)
+
+
+def test_purge_drops_old_geocode_cache_rows(app, runner):
+    from referral.geo.models import GeocodeCacheEntry
+
+    with Session(get_database(app).engine) as session:
+        session.add(GeocodeCacheEntry(key="a" * 64, provider="nominatim", found=True, lat=1, lon=2,
+                                      created_at=utcnow() - timedelta(days=10)))  # fmt: skip
+        session.add(GeocodeCacheEntry(key="b" * 64, provider="nominatim", found=False))
+        session.commit()
+    assert runner.invoke(args=["referrals", "purge", "--older-than", "5"]).exit_code == 0
+    with Session(get_database(app).engine) as session:
+        assert [row.key[0] for row in session.exec(select(GeocodeCacheEntry))] == ["b"]

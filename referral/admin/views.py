@@ -18,7 +18,7 @@ from referral.admin.service import ChangeFilters, list_changes
 from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
 from referral.auth.models import SCOPE_ADMIN
 from referral.db import get_session
-from referral.web.api import Blueprint
+from referral.web.api import Blueprint, problems
 
 admin_blp = Blueprint(
     "admin", __name__, url_prefix="/v1/admin", description="Directory administration (admin)."
@@ -35,6 +35,7 @@ class AdminAudit(MethodView):
     @admin_blp.doc(security=BEARER_SECURITY)
     @admin_blp.arguments(AuditQueryArgsSchema, location="query")
     @admin_blp.response(200, AdminChangeSchema(many=True))
+    @problems(admin_blp, 401, 403)
     @admin_blp.paginate(page_size=50, max_page_size=200)
     def get(self, args: dict[str, Any], pagination_parameters: Any) -> Any:
         """Every directory change, newest first: who, when, and {field: [before, after]}."""

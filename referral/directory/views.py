@@ -37,7 +37,7 @@ from referral.geo.chain import get_geocoder
 from referral.geo.distance import miles_to_km
 from referral.geo.origin import OriginError, resolve_origin_args
 from referral.timeutil import utcnow
-from referral.web.api import Blueprint
+from referral.web.api import LOCATION_HEADER, Blueprint, problems
 from referral.web.problems import field_error
 
 clinics_blp = Blueprint(
@@ -142,7 +142,8 @@ class Clinics(MethodView):
 
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.arguments(ClinicCreateSchema)
-    @clinics_blp.response(201, ClinicSchema)
+    @clinics_blp.response(201, ClinicSchema, headers=LOCATION_HEADER)
+    @problems(clinics_blp, 400, 401, 403)
     def post(self, data: dict[str, Any]) -> Any:
         """Add a clinic (admin or clinics:write); its locations are added separately."""
         key = _editor()
@@ -163,6 +164,7 @@ def _clinic_or_404(clinic_id: int) -> Clinic:
 class ClinicById(MethodView):
     @clinics_blp.etag
     @clinics_blp.response(200, ClinicSchema)
+    @problems(clinics_blp, 404)
     def get(self, clinic_id: int) -> Any:
         """One active clinic with its active locations (editors also see inactive ones).
 
@@ -173,6 +175,7 @@ class ClinicById(MethodView):
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.arguments(ClinicPatchSchema)
     @clinics_blp.response(200, ClinicSchema)
+    @problems(clinics_blp, 400, 401, 403, 404)
     def patch(self, data: dict[str, Any], clinic_id: int) -> Any:
         """Change a clinic (If-Match required: 428 without, 412 when stale)."""
         key = _editor()
@@ -186,6 +189,7 @@ class ClinicById(MethodView):
     @clinics_blp.etag
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.response(204)
+    @problems(clinics_blp, 401, 403, 404)
     def delete(self, clinic_id: int) -> None:
         """Deactivate a clinic: it leaves public answers and matching until reactivated
         (PATCH active=true). If-Match required."""
@@ -201,7 +205,8 @@ class ClinicById(MethodView):
 class ClinicLocations(MethodView):
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.arguments(LocationCreateSchema)
-    @clinics_blp.response(201, LocationSchema)
+    @clinics_blp.response(201, LocationSchema, headers=LOCATION_HEADER)
+    @problems(clinics_blp, 400, 401, 403, 404)
     def post(self, data: dict[str, Any], clinic_id: int) -> Any:
         """Add a location: geocoded through the chain, or placed by hand with lat and lon
         (precision manual)."""
@@ -229,6 +234,7 @@ def _location_or_404(clinic_id: int, location_id: int) -> Location:
 class ClinicLocationById(MethodView):
     @clinics_blp.etag
     @clinics_blp.response(200, LocationSchema)
+    @problems(clinics_blp, 404)
     def get(self, clinic_id: int, location_id: int) -> Any:
         """One location of a clinic."""
         return _location_or_404(clinic_id, location_id)
@@ -237,6 +243,7 @@ class ClinicLocationById(MethodView):
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.arguments(LocationPatchSchema)
     @clinics_blp.response(200, LocationSchema)
+    @problems(clinics_blp, 400, 401, 403, 404)
     def patch(self, data: dict[str, Any], clinic_id: int, location_id: int) -> Any:
         """Change a location; a changed address is geocoded again (If-Match required)."""
         key = _editor()
@@ -250,6 +257,7 @@ class ClinicLocationById(MethodView):
     @clinics_blp.etag
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.response(204)
+    @problems(clinics_blp, 401, 403, 404)
     def delete(self, clinic_id: int, location_id: int) -> None:
         """Deactivate a location (If-Match required); PATCH active=true brings it back."""
         key = _editor()

@@ -152,6 +152,7 @@ def build_chain(app: Flask) -> GeocoderChain:
             timeout_seconds=float(app.config["GEOCODER_TIMEOUT_SECONDS"]),
             cache_ttl=timedelta(days=float(app.config["GEOCODE_CACHE_TTL_DAYS"])),
             query_options=dict(app.config.get("GEOCODER_QUERY_OPTIONS") or {}),
+            cache_secret=app.config.get("GEOCODE_CACHE_SECRET"),
         )
     cache_dir = app.config.get("GAZETTEER_CACHE_DIR") or app.instance_path
     return GeocoderChain(lambda: get_gazetteer(str(cache_dir)), network)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class NetworkGeocoder:
         timeout_seconds: float = 5.0,
         cache_ttl: timedelta = timedelta(days=90),
         query_options: dict[str, Any] | None = None,
+        cache_secret: str | None = None,
     ) -> None:
         self.provider = provider.lower()
         try:
@@ -117,6 +119,7 @@ class NetworkGeocoder:
         if self.provider == "nominatim":
             self._query_options.setdefault("country_codes", "us")
         self._engine_factory = engine_factory
+        self._cache_secret = (cache_secret or "").encode()
         self._cache_ttl = cache_ttl
         self._read_precision = PRECISION_READERS.get(
             self.provider, lambda _raw: GeocodePrecision.CITY
@@ -128,7 +131,10 @@ class NetworkGeocoder:
 
     def cache_key(self, query: str) -> str:
         normalized = " ".join(query.casefold().split())
-        return hashlib.sha256(f"{self.provider}\n{normalized}".encode()).hexdigest()
+        message = f"{self.provider}\n{normalized}".encode()
+        if self._cache_secret:
+            return hmac.new(self._cache_secret, message, hashlib.sha256).hexdigest()
+        return hashlib.sha256(message).hexdigest()
 
     def geocode(self, query: str) -> NetworkResult | None:
         key = self.cache_key(query)

@@ -73,9 +73,18 @@ def claim(
                 )
             ).first()
             if existing is not None and as_utc(existing.expires_at) <= now:
-                session.delete(existing)
+                # Conditional: a concurrent retry may be deleting the same expired record.
+                session.execute(
+                    delete(IdempotencyRecord)
+                    .where(
+                        col(IdempotencyRecord.id) == existing.id,
+                        col(IdempotencyRecord.expires_at) <= now,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
                 session.commit()
-                existing = None
+                session.expunge_all()
+                continue
             if existing is not None:
                 return _classify(session, existing, request_hash, now, stale_after)
             record = IdempotencyRecord(

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import func, update
 from sqlalchemy.sql import ColumnElement
-from sqlmodel import Session, col, select, true
+from sqlmodel import Session, col, delete, select, true
 from sqlmodel.sql.expression import SelectOfScalar
 
 from referral.auth.models import (
@@ -290,7 +290,10 @@ def purge(session: Session, older_than: timedelta) -> PurgeReport:
         )
         .values(response_body=None)
     )
+    from referral.geo.models import GeocodeCacheEntry
     from referral.referrals.idempotency import delete_expired
 
     expired = delete_expired(session)
+    # Cached network geocodes may be of patients' addresses: they go with the rest.
+    session.execute(delete(GeocodeCacheEntry).where(col(GeocodeCacheEntry.created_at) < cutoff))
     return PurgeReport(ids, int(cleared.rowcount) + expired)  # type: ignore[attr-defined]

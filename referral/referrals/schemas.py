@@ -211,7 +211,10 @@ class ReferralSchema(ma.Schema):
     history = ma.fields.List(ma.fields.Nested(HistoryEntrySchema))
     created_at = ma.fields.AwareDateTime(attribute="referral.created_at", default_timezone=None)
     updated_at = ma.fields.AwareDateTime(attribute="referral.updated_at", default_timezone=None)
-    purged = ma.fields.Function(lambda d: d["referral"].purged_at is not None)
+    purged = ma.fields.Function(
+        lambda d: d["referral"].purged_at is not None,
+        metadata={"type": "boolean", "description": "patient ref and assessment were purged"},
+    )
     replayed = ma.fields.Boolean(
         dump_default=False,
         metadata={"description": "true when this is the stored answer to an earlier request"},

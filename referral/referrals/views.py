@@ -36,7 +36,7 @@ from referral.referrals.schemas import (
     VocabularySchema,
 )
 from referral.referrals.vocabulary import load_vocabulary
-from referral.web.api import Blueprint
+from referral.web.api import LOCATION_HEADER, Blueprint, problems
 from referral.web.problems import field_error
 
 referrals_blp = Blueprint(
@@ -182,8 +182,18 @@ class Referrals(MethodView):
         ],
     )
     @referrals_blp.arguments(ReferralCreateSchema)
-    @referrals_blp.response(201, ReferralSchema)
-    @referrals_blp.alt_response(409, description="A request with this Idempotency-Key is in flight")
+    @referrals_blp.response(
+        201,
+        ReferralSchema,
+        headers={
+            **LOCATION_HEADER,
+            "Idempotent-Replayed": {
+                "description": "true when this is the stored answer to an earlier request",
+                "schema": {"type": "string"},
+            },
+        },
+    )
+    @problems(referrals_blp, 400, 401, 403, 409, 413)
     def post(self, body: dict[str, Any]) -> Any:
         """Send a referral (scope referrals:write): it is matched to a clinic and logged.
 
@@ -240,6 +250,7 @@ class Referrals(MethodView):
     @referrals_blp.doc(security=BEARER_SECURITY)
     @referrals_blp.arguments(ReferralQueryArgsSchema, location="query")
     @referrals_blp.response(200, ReferralSchema(many=True))
+    @problems(referrals_blp, 401, 403)
     @referrals_blp.paginate(page_size=20, max_page_size=100)
     def get(self, args: dict[str, Any], pagination_parameters: Any) -> Any:
         """The referrals this key may see, newest first: an app its own, a clinic's key those
@@ -277,6 +288,7 @@ def _visible_or_404(referral_id: str, action: str) -> Any:
 class ReferralById(MethodView):
     @referrals_blp.doc(security=BEARER_SECURITY)
     @referrals_blp.response(200, ReferralSchema)
+    @problems(referrals_blp, 401, 403, 404)
     def get(self, referral_id: str) -> Any:
         """One referral with its match and history."""
         require_scope(current_key(), *ANY_READER)
@@ -287,6 +299,7 @@ class ReferralById(MethodView):
     @referrals_blp.doc(security=BEARER_SECURITY)
     @referrals_blp.arguments(StatusChangeSchema)
     @referrals_blp.response(200, ReferralSchema)
+    @problems(referrals_blp, 400, 401, 403, 404, 409)
     def patch(self, change: dict[str, Any], referral_id: str) -> Any:
         """Move a referral along its lifecycle (admin, or the referred clinic's key with
         referrals:status; the sending app may only cancel)."""
@@ -320,6 +333,7 @@ class ReferralStats(MethodView):
     @referrals_blp.doc(security=BEARER_SECURITY)
     @referrals_blp.arguments(ReferralQueryArgsSchema, location="query")
     @referrals_blp.response(200, ReferralStatsSchema)
+    @problems(referrals_blp, 401, 403)
     def get(self, args: dict[str, Any]) -> Any:
         """Counts by status, source, clinic and day (admin)."""
         key = current_key()
@@ -335,6 +349,7 @@ class ReferralExport(MethodView):
     @referrals_blp.response(
         200, content_type="text/csv", description="De-identified referrals as CSV"
     )
+    @problems(referrals_blp, 401, 403)
     def get(self, args: dict[str, Any]) -> Response:
         """Every referral as CSV, without patient references or assessments (admin)."""
         key = current_key()

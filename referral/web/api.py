@@ -62,3 +62,19 @@ class Blueprint(flask_smorest.Blueprint):
     """flask-smorest's Blueprint with the hardened argument parser: use this one."""
 
     ARGUMENTS_PARSER = HardenedParser()
+
+
+def problems(blp: flask_smorest.Blueprint, *codes: int) -> Any:
+    """Document these error statuses (problem+json) on an operation."""
+
+    def decorate(view: Any) -> Any:
+        for code in codes:
+            view = blp.alt_response(code, response=http.HTTPStatus(code).name)(view)
+        return view
+
+    return decorate
+
+
+LOCATION_HEADER = {
+    "Location": {"description": "URL of what was created", "schema": {"type": "string"}}
+}
