@@ -69,6 +69,12 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _action_for(diff: dict[str, Any]) -> str:
+    return {(True, False): "deactivate", (False, True): "reactivate"}.get(
+        tuple(diff.get("active", ())), "update"
+    )
+
+
 def _log(
     session: Session,
     actor: ApiKey,
@@ -158,11 +164,7 @@ def update_clinic(session: Session, clinic: Clinic, data: dict[str, Any], actor:
         clinic.updated_at = utcnow()
         session.flush()
         assert clinic.id is not None
-        action = "update"
-        if diff.get("active") == [True, False]:
-            action = "deactivate"
-        elif diff.get("active") == [False, True]:
-            action = "reactivate"
+        action = _action_for(diff)
         _log(session, actor, entity="clinic", entity_id=clinic.id, clinic_id=clinic.id,
              action=action, diff=diff)  # fmt: skip
     return clinic
@@ -235,11 +237,7 @@ def update_location(
         location.updated_at = utcnow()
         session.flush()
         assert location.id is not None
-        action = "update"
-        if diff.get("active") == [True, False]:
-            action = "deactivate"
-        elif diff.get("active") == [False, True]:
-            action = "reactivate"
+        action = _action_for(diff)
         _log(session, actor, entity="location", entity_id=location.id,
              clinic_id=location.clinic_id, action=action, diff=diff)  # fmt: skip
     return location
