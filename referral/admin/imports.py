@@ -1,0 +1,1107 @@
+"""Bulk import of clinics and their locations from CSV or JSON, as plain functions over a session.
+
+Each row is one location of a clinic, with the columns of ``COLUMNS``. A row's clinic is an
+existing clinic with the same name (case and spacing aside) and phone (E.164), else a new one;
+rows of one file with the same name and phone are one clinic. A row's location is the clinic's
+location with the same address, city, state and ZIP (case and spacing aside), else a new one.
+
+The steps: ``read_import`` (bytes to rows, or file-level errors), ``plan_import`` (every row
+validated with the admin API's rules, matched against the directory loaded once, geocoded
+offline; nothing written) and ``apply_import`` (the plan written with bulk statements, the
+change log included; the caller commits, so the import is one transaction).
+
+An empty cell (or an absent column, or a JSON null) never erases: ``website`` and
+``specialties`` left empty keep the clinic's values (rows of one clinic may leave them to one
+row; rows that give them must agree), ``lat``/``lon`` left empty keep a location's stored
+coordinates, else the location is placed offline (ZIP centroid, else city centroid). ``phone``
+and the address columns are identity: empty there means none. Imports never (de)activate.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import marshmallow as ma
+from sqlalchemy import CursorResult, Table, bindparam, delete, insert, select, text, update
+from sqlmodel import Session, SQLModel, col
+
+from referral.admin.models import AdminChange
+from referral.admin.schemas import ClinicCreateSchema, LocationCreateSchema
+from referral.admin.service import LOCATION_FIELDS, EditError, normalize_phone
+from referral.auth.models import ApiKey
+from referral.directory.models import (
+    Clinic,
+    ClinicSpecialty,
+    GeocodePrecision,
+    Location,
+    Specialty,
+)
+from referral.geo.chain import GeocoderChain, GeocodeResult
+from referral.timeutil import utcnow
+
+COLUMNS = (
+    "clinic_name", "phone", "website", "address", "city", "state", "zip", "lat", "lon",
+    "specialties",
+)  # fmt: skip
+REQUIRED_COLUMNS = ("clinic_name", "city", "state")
+SPECIALTY_SEPARATOR = ";"
+FORMATS = ("csv", "json")
+# Spreadsheet formula triggers. Exports prefix such cells with "'"; imports take it off again.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
+OUTCOMES = (CREATED, UPDATED, UNCHANGED)
+
+IMPORT_SOURCE = "import"  # geocode_source of coordinates given in an import (precision manual)
+_BATCH = 2000  # rows per bulk statement (and per progress step)
+
+Progress = Callable[[int], None]
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: an import holds a few hundred thousand small
+    objects, and the collector's repeated scans of them would double its time. Nothing here
+    makes reference cycles; the previous state is restored."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class ImportConflictError(RuntimeError):
+    """A clinic or location changed between planning and writing (its version moved on)."""
+
+
+@dataclass(frozen=True)
+class RowError:
+    """``row`` as in the file (CSV: the header is row 1; JSON: the n-th object is row n;
+    0: the file as a whole); ``field`` is the column, or None for the whole row."""
+
+    row: int
+    field: str | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        """How problem details name it: ``rows[N].field``, ``rows[N]``, or ``file``."""
+        if self.row == 0:
+            return "file"
+        return f"rows[{self.row}].{self.field}" if self.field else f"rows[{self.row}]"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who imports: recorded in the change log."""
+
+    name: str
+    key_id: int | None = None
+
+    @classmethod
+    def from_key(cls, key: ApiKey) -> Actor:
+        return cls(name=key.name, key_id=key.id)
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    row: int
+    values: dict[str, Any]  # column -> raw value, for the columns the row gives
+
+
+@dataclass
+class ParsedFile:
+    format: str
+    rows: list[SourceRow] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+def detect_format(filename: str | None, mimetype: str | None, data: bytes) -> str:
+    """csv or json: from the file name, else the media type, else the first character."""
+    name = (filename or "").lower()
+    for fmt in FORMATS:
+        if name.endswith(f".{fmt}"):
+            return fmt
+    media = (mimetype or "").lower()
+    if media == "application/json" or media.endswith("+json"):
+        return "json"
+    if media in ("text/csv", "application/csv"):
+        return "csv"
+    head = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
+    return "json" if head[:1] in (b"[", b"{") else "csv"
+
+
+def read_import(data: bytes, fmt: str) -> ParsedFile:
+    """The rows of a CSV or JSON file (UTF-8), or the file-level errors."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return ParsedFile(fmt, errors=[RowError(0, None, f"not UTF-8 text ({exc.reason})")])
+    return read_csv(text) if fmt == "csv" else read_json(text)
+
+
+def _unknown_column(name: str) -> str:
+    return f"unknown column {name!r} (known: {', '.join(COLUMNS)})"
+
+
+def _cell(text: str) -> str | None:
+    text = text.strip()
+    if len(text) > 1 and text[0] == "'" and text[1] in FORMULA_PREFIXES:
+        text = text[1:]  # an export's defused formula trigger
+    return text or None
+
+
+def read_csv(text: str) -> ParsedFile:
+    parsed = ParsedFile("csv")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str | None] | None = None
+    try:
+        for number, record in enumerate(reader, start=1):
+            if header is None:
+                header = _read_header(record, parsed.errors)
+                continue
+            if not any(cell.strip() for cell in record):
+                continue  # blank lines and rows of empty cells (spreadsheets leave them)
+            if len(record) != len(header):
+                parsed.errors.append(
+                    RowError(number, None, f"has {len(record)} cells; the header has {len(header)}")
+                )
+                continue
+            values = {name: _cell(cell) for name, cell in zip(header, record, strict=True) if name}
+            parsed.rows.append(SourceRow(number, values))
+    except csv.Error as exc:
+        parsed.errors.append(RowError(reader.line_num, None, f"not readable as CSV: {exc}"))
+    if header is None:
+        parsed.errors.append(RowError(1, None, f"no header row (columns: {', '.join(COLUMNS)})"))
+    return parsed
+
+
+def _read_header(record: list[str], errors: list[RowError]) -> list[str | None]:
+    names: list[str | None] = []
+    for position, raw in enumerate(record, start=1):
+        name = raw.strip().lower()
+        if not name:
+            errors.append(RowError(1, f"column {position}", "the column has no name"))
+            names.append(None)
+        elif name not in COLUMNS:
+            errors.append(RowError(1, name, _unknown_column(name)))
+            names.append(None)
+        elif name in names:
+            errors.append(RowError(1, name, "the column is given twice"))
+            names.append(None)
+        else:
+            names.append(name)
+    for name in REQUIRED_COLUMNS:
+        if name not in names and not any(e.field == name for e in errors):
+            errors.append(RowError(1, name, "required column missing"))
+    return names
+
+
+def read_json(text: str) -> ParsedFile:
+    parsed = ParsedFile("json")
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        reason = f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        parsed.errors.append(RowError(0, None, reason))
+        return parsed
+    except (ValueError, RecursionError):
+        parsed.errors.append(RowError(0, None, "JSON nested too deeply, or a number too long"))
+        return parsed
+    if not isinstance(items, list):
+        parsed.errors.append(RowError(0, None, "must be a JSON array of objects, one per row"))
+        return parsed
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            parsed.errors.append(RowError(number, None, "must be an object of the import columns"))
+            continue
+        values: dict[str, Any] = {}
+        for key, raw in item.items():
+            if key not in COLUMNS:
+                parsed.errors.append(RowError(number, str(key), _unknown_column(str(key))))
+                continue
+            try:
+                values[key] = _json_value(key, raw)
+            except ValueError as exc:
+                parsed.errors.append(RowError(number, key, str(exc)))
+        parsed.rows.append(SourceRow(number, values))
+    return parsed
+
+
+def _json_value(key: str, raw: Any) -> Any:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw.strip() or None
+    if isinstance(raw, bool):
+        raise ValueError("must be a string")
+    if isinstance(raw, int | float):
+        return raw if key in ("lat", "lon") else str(raw)
+    if key == "specialties" and isinstance(raw, list):
+        if not all(isinstance(code, str) for code in raw):
+            raise ValueError("must be a list of specialty codes")
+        return raw
+    raise ValueError("must be a string")
+
+
+# ---- validating ---------------------------------------------------------------------------
+
+# The admin API's fields, so a row obeys exactly the rules of POST /v1/clinics and of a
+# clinic's POST .../locations.
+_CLINIC_SCHEMA_FIELDS = ClinicCreateSchema().fields
+_LOCATION_SCHEMA_FIELDS = LocationCreateSchema().fields
+_SCHEMA_FIELDS: dict[str, ma.fields.Field[Any]] = {
+    "clinic_name": _CLINIC_SCHEMA_FIELDS["name"],
+    "phone": _CLINIC_SCHEMA_FIELDS["phone"],
+    "website": _CLINIC_SCHEMA_FIELDS["website"],
+    "specialties": _CLINIC_SCHEMA_FIELDS["specialties"],
+    "address": _LOCATION_SCHEMA_FIELDS["address_line1"],
+    "city": _LOCATION_SCHEMA_FIELDS["city"],
+    "state": _LOCATION_SCHEMA_FIELDS["state"],
+    "zip": _LOCATION_SCHEMA_FIELDS["zip"],
+    "lat": _LOCATION_SCHEMA_FIELDS["lat"],
+    "lon": _LOCATION_SCHEMA_FIELDS["lon"],
+}
+# Columns whose values repeat across rows: their checks are cached per value.
+_CACHED = frozenset({"phone", "website", "specialties", "city", "state", "zip"})
+
+
+@dataclass
+class ImportRow:
+    """A valid row, its values normalized."""
+
+    row: int
+    name: str
+    phone: str | None
+    phone_original: str | None
+    website: str | None
+    specialties: tuple[str, ...] | None  # sorted; None when the row does not say
+    address: str | None
+    city: str
+    state: str
+    zip: str | None
+    lat: float | None
+    lon: float | None
+    given: frozenset[str]
+
+
+def collapse(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def clinic_key(name: str | None, phone: str | None) -> tuple[str, str | None]:
+    return collapse(name).casefold(), phone
+
+
+def location_key(
+    address: str | None, city: str | None, state: str | None, zip_code: str | None
+) -> tuple[str, str, str, str]:
+    return (
+        collapse(address).casefold(),
+        collapse(city).casefold(),
+        collapse(state).casefold(),
+        collapse(zip_code).casefold(),
+    )
+
+
+class _Validator:
+    def __init__(self, known_specialties: set[str]) -> None:
+        self.known_specialties = known_specialties
+        self._cache: dict[tuple[str, Any], tuple[Any, str | None]] = {}
+
+    def check(self, column: str, raw: Any) -> tuple[Any, str | None]:
+        """(value, None) or (None, reason)."""
+        if column == "specialties" and raw is not None:
+            codes = raw.split(SPECIALTY_SEPARATOR) if isinstance(raw, str) else raw
+            raw = tuple(code.strip() for code in codes if code.strip())
+        if column not in _CACHED:
+            return self._check(column, raw)
+        key = (column, raw)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self._check(column, raw)
+        return found
+
+    def _check(self, column: str, raw: Any) -> tuple[Any, str | None]:
+        if column == "specialties":
+            raw = list(raw or ())
+        try:
+            value = _SCHEMA_FIELDS[column].deserialize(raw)
+        except ma.ValidationError as exc:
+            return None, _message(exc.messages)
+        if column == "phone" and value is not None:
+            try:
+                value = normalize_phone(value)
+            except EditError as exc:
+                return None, exc.reason
+        if column == "specialties":
+            unknown = [code for code in dict.fromkeys(value) if code not in self.known_specialties]
+            if unknown:
+                return None, f"unknown code(s): {', '.join(unknown)}"
+            value = tuple(sorted(set(value)))
+        return value, None
+
+    def row(self, source: SourceRow, errors: list[RowError]) -> ImportRow | None:
+        values = source.values
+        checked: dict[str, Any] = {}
+        failed = False
+        for column in COLUMNS:
+            raw = values.get(column)
+            if raw is None:
+                if column in REQUIRED_COLUMNS:
+                    errors.append(RowError(source.row, column, "required"))
+                    failed = True
+                checked[column] = None
+                continue
+            if _has_nul(raw):
+                errors.append(RowError(source.row, column, "NUL characters are not accepted"))
+                failed = True
+                continue
+            value, reason = self.check(column, raw)
+            if reason is not None:
+                errors.append(RowError(source.row, column, reason))
+                failed = True
+            checked[column] = value if value != () else None  # "; ;" says nothing either
+        for name, other in (("lat", "lon"), ("lon", "lat")):
+            if values.get(name) is None and values.get(other) is not None:
+                errors.append(RowError(source.row, name, "lat and lon go together"))
+                failed = True
+        if failed:
+            return None
+        return ImportRow(
+            row=source.row,
+            name=collapse(checked["clinic_name"]),
+            phone=checked["phone"],
+            phone_original=values.get("phone"),
+            website=checked["website"],
+            specialties=checked["specialties"],
+            address=checked["address"],
+            city=checked["city"],
+            state=checked["state"],
+            zip=checked["zip"],
+            lat=checked["lat"],
+            lon=checked["lon"],
+            given=frozenset(name for name, value in checked.items() if value is not None),
+        )
+
+
+def _has_nul(raw: Any) -> bool:
+    # PostgreSQL refuses NUL in text: an error in the row, never one from the database.
+    if isinstance(raw, str):
+        return "\x00" in raw
+    return isinstance(raw, list) and any("\x00" in code for code in raw)
+
+
+def _message(messages: Any) -> str:
+    if isinstance(messages, dict):
+        return "; ".join(_message(value) for value in messages.values())
+    if isinstance(messages, list | tuple):
+        return "; ".join(_message(value) for value in messages)
+    return str(messages)
+
+
+# ---- planning -----------------------------------------------------------------------------
+
+
+@dataclass
+class ClinicPlan:
+    id: int | None
+    name: str
+    phone: str | None
+    phone_original: str | None
+    website: str | None
+    specialties: tuple[str, ...]
+    first_row: int
+    active: bool = True
+    version: int = 1
+    before: dict[str, Any] | None = None  # the stored state, for an existing clinic
+    website_row: int | None = None  # the row that set the website, for conflicts
+    specialties_row: int | None = None
+    action: str = UNCHANGED
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "phone": self.phone,
+            "phone_original": self.phone_original,
+            "website": self.website,
+            "active": self.active,
+            "specialties": list(self.specialties),
+        }
+
+
+@dataclass
+class LocationPlan:
+    row: int
+    clinic: ClinicPlan
+    id: int | None
+    values: dict[str, Any]  # LOCATION_FIELDS
+    before: dict[str, Any] | None = None
+    version: int = 1
+    action: str = CREATED
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def row_action(self) -> str:
+        if self.action == UNCHANGED and self.clinic.action != UNCHANGED:
+            return UPDATED
+        return self.action
+
+
+@dataclass
+class ImportPlan:
+    format: str
+    rows_read: int
+    errors: list[RowError]
+    clinics: list[ClinicPlan]
+    locations: list[LocationPlan]  # one per valid row, in file order
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        counts = {kind: dict.fromkeys(OUTCOMES, 0) for kind in ("rows", "clinics", "locations")}
+        for clinic in self.clinics:
+            counts["clinics"][clinic.action] += 1
+        for location in self.locations:
+            counts["locations"][location.action] += 1
+            counts["rows"][location.row_action] += 1
+        return counts
+
+    @property
+    def write_count(self) -> int:
+        """Statements' worth of rows apply_import writes (for a progress bar)."""
+        changed = [c for c in self.clinics if c.action != UNCHANGED]
+        return len(changed) * 2 + sum(2 for loc in self.locations if loc.action != UNCHANGED)
+
+    def row_plans(self) -> Iterator[dict[str, Any]]:
+        for location in self.locations:
+            clinic = location.clinic
+            yield {
+                "row": location.row,
+                "action": location.row_action,
+                "clinic": {
+                    "action": clinic.action,
+                    "id": clinic.id,
+                    "name": clinic.name,
+                    "phone": clinic.phone,
+                },
+                "location": {
+                    "action": location.action,
+                    "id": location.id,
+                    "address": location.values["address_line1"],
+                    "city": location.values["city"],
+                    "state": location.values["state"],
+                    "zip": location.values["zip"],
+                },
+                "notes": location.notes,
+            }
+
+    def report(self, *, dry_run: bool, include_plan: bool = True) -> dict[str, Any]:
+        return {
+            "dry_run": dry_run,
+            "valid": self.valid,
+            "format": self.format,
+            "rows_read": self.rows_read,
+            "counts": self.counts(),
+            "errors": [
+                {"row": error.row, "field": error.field, "reason": error.reason}
+                for error in self.errors
+            ],
+            "plan": list(self.row_plans()) if include_plan else [],
+        }
+
+
+@dataclass
+class _StoredLocation:
+    id: int
+    active: bool
+    version: int
+    values: dict[str, Any]
+
+
+@dataclass
+class _Directory:
+    """What the import matches against, loaded with one query per table."""
+
+    clinics: dict[tuple[str, str | None], Any]
+    clinics_by_name: dict[str, list[Any]]
+    specialties: dict[int, tuple[str, ...]]
+    locations: dict[int, dict[tuple[str, str, str, str], _StoredLocation]]
+    known_specialties: set[str]
+
+
+def _load_directory(session: Session) -> _Directory:
+    clinics: dict[tuple[str, str | None], Any] = {}
+    by_name: dict[str, list[Any]] = {}
+    stored = session.execute(
+        select(
+            col(Clinic.id), col(Clinic.name), col(Clinic.phone), col(Clinic.phone_original),
+            col(Clinic.website), col(Clinic.active), col(Clinic.version),
+        ).order_by(col(Clinic.id))
+    ).all()  # fmt: skip
+    for clinic in stored:
+        if clinic.name is None:
+            continue  # an unknown name matches no row (rows need a name)
+        key = clinic_key(clinic.name, clinic.phone)
+        # The active one when several share a key, else the oldest.
+        if key not in clinics or (clinic.active and not clinics[key].active):
+            clinics[key] = clinic
+        by_name.setdefault(key[0], []).append(clinic)
+    specialties: dict[int, list[str]] = {}
+    for clinic_id, code in session.execute(
+        select(col(ClinicSpecialty.clinic_id), col(ClinicSpecialty.specialty_code))
+    ):
+        specialties.setdefault(clinic_id, []).append(code)
+    locations: dict[int, dict[tuple[str, str, str, str], _StoredLocation]] = {}
+    columns = [col(getattr(Location, name)) for name in LOCATION_FIELDS]
+    for row in session.execute(
+        select(col(Location.id), col(Location.clinic_id), col(Location.version), *columns)
+        .order_by(col(Location.id))
+    ):  # fmt: skip
+        values = {name: getattr(row, name) for name in LOCATION_FIELDS}
+        where = location_key(
+            values["address_line1"], values["city"], values["state"], values["zip"]
+        )
+        known = locations.setdefault(row.clinic_id, {})
+        if where not in known or (values["active"] and not known[where].active):
+            known[where] = _StoredLocation(row.id, values["active"], row.version, values)
+    return _Directory(
+        clinics=clinics,
+        clinics_by_name=by_name,
+        specialties={cid: tuple(sorted(codes)) for cid, codes in specialties.items()},
+        locations=locations,
+        known_specialties=set(session.execute(select(col(Specialty.code))).scalars()),
+    )
+
+
+class _Places:
+    """Offline geocoding, cached per (city, state, ZIP) for the import."""
+
+    def __init__(self, geocoder: GeocoderChain) -> None:
+        self.geocoder = geocoder
+        self._cache: dict[tuple[str, str, str], GeocodeResult | None] = {}
+
+    def find(self, city: str, state: str, zip_code: str | None) -> GeocodeResult | None:
+        key = (collapse(city).casefold(), state, zip_code or "")
+        if key not in self._cache:
+            self._cache[key] = self.geocoder.location(
+                address_line1=None, city=city, state=state, zip_code=zip_code, use_network=False
+            )
+        return self._cache[key]
+
+
+def plan_import(
+    session: Session,
+    parsed: ParsedFile,
+    geocoder: GeocoderChain,
+    *,
+    progress: Progress | None = None,
+) -> ImportPlan:
+    """Validate every row and match it against the directory; write nothing."""
+    with _collector_paused():
+        return _plan_import(session, parsed, geocoder, progress)
+
+
+def _plan_import(
+    session: Session, parsed: ParsedFile, geocoder: GeocoderChain, progress: Progress | None
+) -> ImportPlan:
+    directory = _load_directory(session)
+    validator = _Validator(directory.known_specialties)
+    places = _Places(geocoder)
+    errors = list(parsed.errors)
+    clinics: dict[tuple[str, str | None], ClinicPlan] = {}
+    seen_locations: dict[tuple[Any, ...], int] = {}
+    locations: list[LocationPlan] = []
+    done = 0
+    for source in parsed.rows:
+        done += 1
+        if progress is not None and done % _BATCH == 0:
+            progress(_BATCH)
+        row = validator.row(source, errors)
+        if row is None:
+            continue
+        key = clinic_key(row.name, row.phone)
+        clinic = clinics.get(key)
+        if clinic is None:
+            clinic = clinics[key] = _clinic_plan(row, directory)
+        elif not _agrees(clinic, row, errors):
+            continue
+        where = location_key(row.address, row.city, row.state, row.zip)
+        first = seen_locations.setdefault((key, where), row.row)
+        if first != row.row:
+            errors.append(RowError(row.row, "address", f"the same location as row {first}"))
+            continue
+        location = _location_plan(row, clinic, directory, places, errors)
+        if location is not None:
+            locations.append(location)
+    if progress is not None and done % _BATCH:
+        progress(done % _BATCH)
+    # A clinic whose every row failed is not part of the plan.
+    planned = {id(location.clinic): location.clinic for location in locations}
+    for clinic in planned.values():
+        _settle_clinic(clinic)
+    errors.sort(key=lambda error: error.row)
+    return ImportPlan(
+        format=parsed.format,
+        rows_read=len(parsed.rows),
+        errors=errors,
+        clinics=list(planned.values()),
+        locations=locations,
+    )
+
+
+def _clinic_plan(row: ImportRow, directory: _Directory) -> ClinicPlan:
+    stored = directory.clinics.get(clinic_key(row.name, row.phone))
+    website_given = "website" in row.given
+    specialties_given = row.specialties is not None
+    if stored is None:
+        return ClinicPlan(
+            id=None,
+            name=row.name,
+            phone=row.phone,
+            phone_original=row.phone_original if row.phone else None,
+            website=row.website,
+            specialties=row.specialties or (),
+            first_row=row.row,
+            website_row=row.row if website_given else None,
+            specialties_row=row.row if specialties_given else None,
+            action=CREATED,
+        )
+    stored_specialties = directory.specialties.get(stored.id, ())
+    plan = ClinicPlan(
+        id=stored.id,
+        name=row.name,
+        phone=stored.phone,
+        phone_original=stored.phone_original,
+        website=row.website if website_given else stored.website,
+        specialties=row.specialties if row.specialties is not None else stored_specialties,
+        first_row=row.row,
+        active=stored.active,
+        version=stored.version,
+        website_row=row.row if website_given else None,
+        specialties_row=row.row if specialties_given else None,
+    )
+    plan.before = {
+        "name": stored.name,
+        "phone": stored.phone,
+        "phone_original": stored.phone_original,
+        "website": stored.website,
+        "active": stored.active,
+        "specialties": list(stored_specialties),
+    }
+    return plan
+
+
+def _agrees(clinic: ClinicPlan, row: ImportRow, errors: list[RowError]) -> bool:
+    """Rows of one clinic must say the same of it; a later row may fill in what earlier ones
+    left out."""
+    same = f"differs from row {{}} for the same clinic ({clinic.name})"
+    ok = True
+    if row.name != clinic.name:
+        errors.append(RowError(row.row, "clinic_name", same.format(clinic.first_row)))
+        ok = False
+    if "website" in row.given:
+        if clinic.website_row is None:
+            clinic.website, clinic.website_row = row.website, row.row
+        elif row.website != clinic.website:
+            errors.append(RowError(row.row, "website", same.format(clinic.website_row)))
+            ok = False
+    if row.specialties is not None:
+        if clinic.specialties_row is None:
+            clinic.specialties, clinic.specialties_row = row.specialties, row.row
+        elif row.specialties != clinic.specialties:
+            errors.append(RowError(row.row, "specialties", same.format(clinic.specialties_row)))
+            ok = False
+    return ok
+
+
+def _settle_clinic(clinic: ClinicPlan) -> None:
+    if clinic.before is None:
+        clinic.action = CREATED
+    else:
+        clinic.action = UPDATED if _diff(clinic.before, clinic.state()) else UNCHANGED
+
+
+def _location_plan(
+    row: ImportRow,
+    clinic: ClinicPlan,
+    directory: _Directory,
+    places: _Places,
+    errors: list[RowError],
+) -> LocationPlan | None:
+    where = location_key(row.address, row.city, row.state, row.zip)
+    stored = directory.locations.get(clinic.id, {}).get(where) if clinic.id is not None else None
+    values: dict[str, Any] = (
+        dict(stored.values)
+        if stored is not None
+        else dict.fromkeys(LOCATION_FIELDS) | {"active": True}
+    )
+    values.update(address_line1=row.address, city=row.city, state=row.state, zip=row.zip)
+    notes: list[str] = []
+    if row.lat is not None and row.lon is not None:
+        if stored is None or (stored.values["lat"], stored.values["lon"]) != (row.lat, row.lon):
+            zone = places.find(row.city, row.state, row.zip)
+            values.update(
+                lat=row.lat,
+                lon=row.lon,
+                geocode_precision=GeocodePrecision.MANUAL.value,
+                geocode_source=IMPORT_SOURCE,
+                time_zone=zone.time_zone if zone is not None else values["time_zone"],
+            )
+    elif values["lat"] is None or values["lon"] is None:
+        found = places.find(row.city, row.state, row.zip)
+        if found is not None:
+            values.update(
+                lat=found.lat,
+                lon=found.lon,
+                geocode_precision=found.precision.value,
+                geocode_source=found.source,
+                time_zone=found.time_zone,
+            )
+        elif stored is None:
+            errors.append(
+                RowError(
+                    row.row,
+                    "address",
+                    "could not be geocoded offline from city, state and ZIP; give lat and lon",
+                )
+            )
+            return None
+    if clinic.id is None:
+        others = [
+            stored_clinic
+            for stored_clinic in directory.clinics_by_name.get(clinic_key(row.name, None)[0], [])
+            if stored_clinic.phone != row.phone
+        ]
+        if others:
+            notes.append(
+                "a separate clinic is made: the directory has this name with another phone "
+                f"(clinic {', '.join(str(other.id) for other in others)})"
+            )
+    if not clinic.active:
+        notes.append(f"clinic {clinic.id} is inactive; an import does not reactivate it")
+    if stored is None:
+        return LocationPlan(row.row, clinic, None, values, notes=notes)
+    if not stored.active:
+        notes.append(f"location {stored.id} is inactive; an import does not reactivate it")
+    changed = bool(_diff(stored.values, values))
+    return LocationPlan(
+        row.row,
+        clinic,
+        stored.id,
+        values,
+        before=stored.values,
+        version=stored.version,
+        action=UPDATED if changed else UNCHANGED,
+        notes=notes,
+    )
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """{field: [before, after]} for the fields that differ (as the admin change log has it)."""
+    return {
+        key: [before.get(key), value] for key, value in after.items() if before.get(key) != value
+    }
+
+
+# ---- applying -----------------------------------------------------------------------------
+
+
+def _table(model: type[SQLModel]) -> Table:
+    """The model's Core table: bulk statements go through Core, not the ORM."""
+    return SQLModel.metadata.tables[str(model.__tablename__)]
+
+
+def _batches(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _BATCH):
+        yield items[start : start + _BATCH]
+
+
+LOCATION_IDENTITY = ("clinic_id", "address_line1", "city", "state", "zip")
+
+
+def _insert_ids(
+    session: Session,
+    table: Table,
+    rows: list[dict[str, Any]],
+    key_columns: tuple[str, ...],
+    progress: Progress | None,
+) -> list[int]:
+    """Insert ``rows`` (with Core: the ORM splits an executemany into groups by which values
+    are None) and return their new ids, in order.
+
+    PostgreSQL: the ids are drawn from the table's sequence first, then the rows go in with
+    one executemany (psycopg pipelines it; a multi-row INSERT ... RETURNING instead costs
+    psycopg seconds of query parsing per 100,000 rows). SQLite: INSERT ... RETURNING in
+    batches, the ids matched back by ``key_columns`` (unique among the rows), since SQLite
+    returns rows in order only one row per statement."""
+    if not rows:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        ids = list(
+            session.execute(
+                text(
+                    "SELECT nextval(pg_get_serial_sequence(:table, 'id')) "
+                    "FROM generate_series(1, :n)"
+                ),
+                {"table": table.name, "n": len(rows)},
+            ).scalars()
+        )
+        statement = insert(table)
+        for batch_ids, batch in zip(_batches(ids), _batches(rows), strict=True):
+            session.execute(
+                statement,
+                [{**row, "id": new_id} for row, new_id in zip(batch, batch_ids, strict=True)],
+            )
+            if progress is not None:
+                progress(len(batch))
+        return ids
+    keyed = {tuple(row[name] for name in key_columns): index for index, row in enumerate(rows)}
+    if len(keyed) != len(rows):
+        raise RuntimeError(f"{table.name}: rows to insert share {key_columns}")
+    found: list[int | None] = [None] * len(rows)
+    returning = insert(table).returning(table.c.id, *(table.c[name] for name in key_columns))
+    for batch in _batches(rows):
+        for returned in session.execute(returning, list(batch)):
+            found[keyed[tuple(returned[1:])]] = returned[0]
+        if progress is not None:
+            progress(len(batch))
+    if any(new_id is None for new_id in found):
+        raise RuntimeError(f"{table.name}: the database did not return every new id")
+    return [new_id for new_id in found if new_id is not None]
+
+
+def _update_versioned(
+    session: Session,
+    table: Table,
+    columns: Iterable[str],
+    rows: list[dict[str, Any]],
+    progress: Progress | None,
+) -> None:
+    """UPDATE ... WHERE id = :b_id AND version = :b_version, version + 1; a row whose version
+    moved on since planning means someone else wrote it: ImportConflictError."""
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.version == bindparam("b_version"))
+        .values(
+            {**{name: bindparam(f"b_{name}") for name in columns}, "version": table.c.version + 1}
+        )
+    )
+    checks_count = session.get_bind().dialect.supports_sane_multi_rowcount
+    for batch in _batches(rows):
+        result = cast(CursorResult[Any], session.execute(statement, list(batch)))
+        if checks_count and result.rowcount != len(batch):
+            raise ImportConflictError(
+                f"{len(batch) - result.rowcount} {table.name} record(s) changed during the "
+                "import; nothing was imported: try again"
+            )
+        if progress is not None:
+            progress(len(batch))
+
+
+def apply_import(
+    session: Session,
+    plan: ImportPlan,
+    actor: Actor,
+    *,
+    source: str | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Write a valid plan with bulk statements and log each change; the caller commits (one
+    transaction: all rows or none). Returns the number of change-log entries written.
+
+    Raises ImportConflictError when a record changed since planning (roll back then)."""
+    if plan.errors:
+        raise ValueError("a plan with row errors cannot be applied")
+    with _collector_paused():
+        return _apply_import(session, plan, actor, source, progress)
+
+
+def _apply_import(
+    session: Session,
+    plan: ImportPlan,
+    actor: Actor,
+    source: str | None,
+    progress: Progress | None,
+) -> int:
+    now = utcnow()
+    changes: list[dict[str, Any]] = []
+
+    def log(entity: str, entity_id: int, clinic_id: int, action: str, diff: dict[str, Any]) -> None:
+        changes.append(
+            {
+                "at": now,
+                "actor_key_id": actor.key_id,
+                "actor": actor.name,
+                "entity": entity,
+                "entity_id": entity_id,
+                "clinic_id": clinic_id,
+                "action": action,
+                "diff": diff,
+            }
+        )
+
+    # Clinics: new ones (their ids are needed for their locations), then changed ones.
+    new_clinics = [clinic for clinic in plan.clinics if clinic.action == CREATED]
+    source_file = f"import: {source}"[:200] if source else "import"
+    clinic_rows: list[dict[str, Any]] = [
+        {
+            "name": clinic.name,
+            "phone": clinic.phone,
+            "phone_original": clinic.phone_original,
+            "website": clinic.website,
+            "source_file": source_file,
+            "source_text": f"imported by {actor.name} (row {clinic.first_row})",
+            "needs_review": False,
+            "review_reasons": [],
+            "active": True,
+            "seed_key": None,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+        }
+        for clinic in new_clinics
+    ]
+    for clinic, clinic_id in zip(
+        new_clinics,
+        _insert_ids(session, _table(Clinic), clinic_rows, ("name", "phone"), progress),
+        strict=True,
+    ):
+        clinic.id = clinic_id
+        log("clinic", clinic_id, clinic_id, "create", _diff({}, clinic.state()))
+    changed_clinics = [clinic for clinic in plan.clinics if clinic.action == UPDATED]
+    _update_versioned(
+        session,
+        _table(Clinic),
+        ("name", "website", "updated_at"),
+        [
+            {
+                "b_id": clinic.id,
+                "b_version": clinic.version,
+                "b_name": clinic.name,
+                "b_website": clinic.website,
+                "b_updated_at": now,
+            }
+            for clinic in changed_clinics
+        ],
+        progress,
+    )
+    for clinic in changed_clinics:
+        assert clinic.id is not None and clinic.before is not None
+        log("clinic", clinic.id, clinic.id, "update", _diff(clinic.before, clinic.state()))
+    _write_specialties(session, plan, actor)
+
+    # Locations: new ones, then changed ones.
+    new_locations = [location for location in plan.locations if location.action == CREATED]
+    location_rows = []
+    for location in new_locations:
+        assert location.clinic.id is not None
+        location_rows.append(
+            {
+                **location.values,
+                "clinic_id": location.clinic.id,
+                "city_original": None,
+                "state_original": None,
+                "needs_review": False,
+                "review_reasons": [],
+                "seed_key": None,
+                "created_at": now,
+                "updated_at": now,
+                "version": 1,
+            }
+        )
+    for location, location_id in zip(
+        new_locations,
+        _insert_ids(session, _table(Location), location_rows, LOCATION_IDENTITY, progress),
+        strict=True,
+    ):
+        location.id = location_id
+        assert location.clinic.id is not None
+        log("location", location_id, location.clinic.id, "create", _diff({}, location.values))
+    changed_locations = [location for location in plan.locations if location.action == UPDATED]
+    moved = ("address_line1", "city", "state", "zip", "lat", "lon",
+             "geocode_precision", "geocode_source", "time_zone")  # fmt: skip
+    _update_versioned(
+        session,
+        _table(Location),
+        (*moved, "updated_at"),
+        [
+            {
+                "b_id": location.id,
+                "b_version": location.version,
+                **{f"b_{name}": location.values[name] for name in moved},
+                "b_updated_at": now,
+            }
+            for location in changed_locations
+        ],
+        progress,
+    )
+    for location in changed_locations:
+        assert location.id is not None and location.before is not None
+        log("location", location.id, location.clinic.id or 0, "update",
+            _diff(location.before, location.values))  # fmt: skip
+
+    change_table = _table(AdminChange)
+    for batch in _batches(changes):
+        session.execute(insert(change_table), list(batch))
+        if progress is not None:
+            progress(len(batch))
+    return len(changes)
+
+
+def _write_specialties(session: Session, plan: ImportPlan, actor: Actor) -> None:
+    removed: list[dict[str, Any]] = []
+    added: list[dict[str, Any]] = []
+    for clinic in plan.clinics:
+        if clinic.action == UNCHANGED:
+            continue
+        assert clinic.id is not None
+        before = set(clinic.before["specialties"]) if clinic.before else set()
+        after = set(clinic.specialties)
+        removed.extend({"b_clinic": clinic.id, "b_code": code} for code in sorted(before - after))
+        added.extend(
+            {"clinic_id": clinic.id, "specialty_code": code, "reason": f"set by {actor.name}"}
+            for code in sorted(after - before)
+        )
+    table = _table(ClinicSpecialty)
+    if removed:
+        session.execute(
+            delete(table).where(
+                table.c.clinic_id == bindparam("b_clinic"),
+                table.c.specialty_code == bindparam("b_code"),
+            ),
+            removed,
+        )
+    for batch in _batches(added):
+        session.execute(insert(table), list(batch))
+
+
+__all__ = [
+    "COLUMNS",
+    "FORMATS",
+    "Actor",
+    "ImportConflictError",
+    "ImportPlan",
+    "ParsedFile",
+    "RowError",
+    "apply_import",
+    "detect_format",
+    "plan_import",
+    "read_import",
+]
