@@ -34,6 +34,8 @@ def skip_or_fail(reason: str) -> None:
     if STRICT:
         pytest.fail(f"{reason} (REFERRAL_TEST_STRICT=1: nothing may be skipped)")
     pytest.skip(reason)
+
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_SEEDS = REPO_ROOT.parent / "shared" / "seeds"
 
