@@ -158,3 +158,18 @@ def client(app: Flask) -> Any:
 @pytest.fixture
 def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
+
+
+@pytest.fixture
+def editor(app: Flask) -> dict[str, str]:
+    """Keys of a directory admin, a clinics:write maintainer, and an assessment app."""
+    from sqlmodel import Session
+
+    from referral.auth.keys import create_key
+
+    with Session(get_database(app).engine) as session:
+        _, admin = create_key(session, name="directory-admin", scopes=["admin"])
+        _, writer = create_key(session, name="data-team", scopes=["clinics:write"])
+        _, app_key = create_key(session, name="runapp", scopes=["referrals:write"])
+        session.commit()
+    return {"admin": admin, "writer": writer, "app": app_key}

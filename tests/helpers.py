@@ -56,3 +56,8 @@ def assert_problem(response: Any, status: int, field: str | None = None) -> dict
         assert field in named, body
         assert field in body["detail"]
     return body
+
+
+def auth(key: str, **headers: str) -> dict[str, str]:
+    """Request headers with an API key (and any others)."""
+    return {"Authorization": f"Bearer {key}", **headers}

@@ -5,25 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlmodel import Session
 
-from referral.auth.keys import create_key
-from referral.db import get_database
-from tests.helpers import assert_problem
-
-
-@pytest.fixture
-def editor(app) -> dict[str, str]:
-    with Session(get_database(app).engine) as session:
-        _, admin = create_key(session, name="directory-admin", scopes=["admin"])
-        _, writer = create_key(session, name="data-team", scopes=["clinics:write"])
-        _, app_key = create_key(session, name="runapp", scopes=["referrals:write"])
-        session.commit()
-    return {"admin": admin, "writer": writer, "app": app_key}
-
-
-def auth(key: str, **headers: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}", **headers}
+from tests.helpers import assert_problem, auth
 
 
 def first_id(client, q: str) -> int:

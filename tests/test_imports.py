@@ -20,27 +20,12 @@ from referral.admin.imports import (
     read_import,
 )
 from referral.admin.models import AdminChange
-from referral.auth.keys import create_key
 from referral.db import get_database
 from referral.directory.models import Clinic, Location
 from referral.geo.chain import get_geocoder
-from tests.helpers import assert_problem, stored_locations
+from tests.helpers import assert_problem, auth, stored_locations
 
 IMPORTS = "/v1/admin/imports"
-
-
-@pytest.fixture
-def editor(app) -> dict[str, str]:
-    with Session(get_database(app).engine) as session:
-        _, admin = create_key(session, name="directory-admin", scopes=["admin"])
-        _, writer = create_key(session, name="data-team", scopes=["clinics:write"])
-        _, app_key = create_key(session, name="runapp", scopes=["referrals:write"])
-        session.commit()
-    return {"admin": admin, "writer": writer, "app": app_key}
-
-
-def auth(key: str, **headers: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}", **headers}
 
 
 def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> bytes:

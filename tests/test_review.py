@@ -10,26 +10,17 @@ import pytest
 from sqlalchemy import select, update
 from sqlmodel import Session
 
-from referral.auth.keys import create_key
 from referral.db import get_database
 from referral.directory.models import Clinic, Location
 from referral.timeutil import utcnow
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, auth
 
 REVIEW = "/v1/admin/review"
 
 
 @pytest.fixture
-def keys(app) -> dict[str, str]:
-    with Session(get_database(app).engine) as session:
-        _, admin = create_key(session, name="directory-admin", scopes=["admin"])
-        _, writer = create_key(session, name="data-team", scopes=["clinics:write"])
-        session.commit()
-    return {"admin": admin, "writer": writer}
-
-
-def auth(key: str, **headers: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}", **headers}
+def keys(editor: dict[str, str]) -> dict[str, str]:
+    return editor
 
 
 def queue(client, key: str, **query: Any) -> list[dict[str, Any]]:
