@@ -34,7 +34,7 @@ from sqlmodel import Session, SQLModel, col
 
 from referral.admin.models import AdminChange
 from referral.admin.schemas import ClinicCreateSchema, LocationCreateSchema
-from referral.admin.service import LOCATION_FIELDS, EditError, normalize_phone
+from referral.admin.service import LOCATION_FIELDS, EditError, change_diff, normalize_phone
 from referral.auth.models import ApiKey
 from referral.directory.models import (
     Clinic,
@@ -735,7 +735,7 @@ def _settle_clinic(clinic: ClinicPlan) -> None:
     if clinic.before is None:
         clinic.action = CREATED
     else:
-        clinic.action = UPDATED if _diff(clinic.before, clinic.state()) else UNCHANGED
+        clinic.action = UPDATED if change_diff(clinic.before, clinic.state()) else UNCHANGED
 
 
 def _location_plan(
@@ -800,7 +800,7 @@ def _location_plan(
         return LocationPlan(row.row, clinic, None, values, notes=notes)
     if not stored.active:
         notes.append(f"location {stored.id} is inactive; an import does not reactivate it")
-    changed = bool(_diff(stored.values, values))
+    changed = bool(change_diff(stored.values, values))
     return LocationPlan(
         row.row,
         clinic,
@@ -811,13 +811,6 @@ def _location_plan(
         action=UPDATED if changed else UNCHANGED,
         notes=notes,
     )
-
-
-def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """{field: [before, after]} for the fields that differ (as the admin change log has it)."""
-    return {
-        key: [before.get(key), value] for key, value in after.items() if before.get(key) != value
-    }
 
 
 # ---- applying -----------------------------------------------------------------------------
@@ -984,7 +977,7 @@ def _apply_import(
         strict=True,
     ):
         clinic.id = clinic_id
-        log("clinic", clinic_id, clinic_id, "create", _diff({}, clinic.state()))
+        log("clinic", clinic_id, clinic_id, "create", change_diff({}, clinic.state()))
     changed_clinics = [clinic for clinic in plan.clinics if clinic.action == UPDATED]
     _update_versioned(
         session,
@@ -1004,7 +997,7 @@ def _apply_import(
     )
     for clinic in changed_clinics:
         assert clinic.id is not None and clinic.before is not None
-        log("clinic", clinic.id, clinic.id, "update", _diff(clinic.before, clinic.state()))
+        log("clinic", clinic.id, clinic.id, "update", change_diff(clinic.before, clinic.state()))
     _write_specialties(session, plan, actor)
 
     # Locations: new ones, then changed ones.
@@ -1033,7 +1026,7 @@ def _apply_import(
     ):
         location.id = location_id
         assert location.clinic.id is not None
-        log("location", location_id, location.clinic.id, "create", _diff({}, location.values))
+        log("location", location_id, location.clinic.id, "create", change_diff({}, location.values))
     changed_locations = [location for location in plan.locations if location.action == UPDATED]
     moved = ("address_line1", "city", "state", "zip", "lat", "lon",
              "geocode_precision", "geocode_source", "time_zone")  # fmt: skip
@@ -1055,7 +1048,7 @@ def _apply_import(
     for location in changed_locations:
         assert location.id is not None and location.before is not None
         log("location", location.id, location.clinic.id or 0, "update",
-            _diff(location.before, location.values))  # fmt: skip
+            change_diff(location.before, location.values))  # fmt: skip
 
     change_table = _table(AdminChange)
     for batch in _batches(changes):

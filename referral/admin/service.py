@@ -63,7 +63,8 @@ def _location_state(location: Location) -> dict[str, Any]:
     return {name: getattr(location, name) for name in LOCATION_FIELDS}
 
 
-def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+def change_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """{field: [before, after]} for the fields that differ: the change log's form."""
     return {
         key: [before.get(key), value] for key, value in after.items() if before.get(key) != value
     }
@@ -152,14 +153,14 @@ def create_clinic(session: Session, data: dict[str, Any], actor: ApiKey) -> Clin
     session.flush()
     assert clinic.id is not None
     _log(session, actor, entity="clinic", entity_id=clinic.id, clinic_id=clinic.id,
-         action="create", diff=_diff({}, _clinic_state(clinic)))  # fmt: skip
+         action="create", diff=change_diff({}, _clinic_state(clinic)))  # fmt: skip
     return clinic
 
 
 def update_clinic(session: Session, clinic: Clinic, data: dict[str, Any], actor: ApiKey) -> Clinic:
     before = _clinic_state(clinic)
     _apply_clinic(session, clinic, data, actor)
-    diff = _diff(before, _clinic_state(clinic))
+    diff = change_diff(before, _clinic_state(clinic))
     if diff:
         clinic.updated_at = utcnow()
         session.flush()
@@ -212,7 +213,7 @@ def create_location(
     session.flush()
     assert location.id is not None
     _log(session, actor, entity="location", entity_id=location.id, clinic_id=clinic.id,
-         action="create", diff=_diff({}, _location_state(location)))  # fmt: skip
+         action="create", diff=change_diff({}, _location_state(location)))  # fmt: skip
     return location
 
 
@@ -232,7 +233,7 @@ def update_location(
     moved = any(name in data for name in (*ADDRESS_FIELDS, "lat", "lon"))
     if moved:
         _place(geocoder, location, data)
-    diff = _diff(before, _location_state(location))
+    diff = change_diff(before, _location_state(location))
     if diff:
         location.updated_at = utcnow()
         session.flush()
