@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import sqlalchemy as sa
 from referral.db import get_database
 from referral.migrations import runner as migrations
 from tests.conftest import REPO_ROOT, build_app
+from tests.live import free_port, wait_for
 
 
 def table_names(url: str) -> set[str]:
@@ -72,25 +71,6 @@ def test_console_script_help_lists_commands():
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     for command in ("db", "seed", "serve", "openapi"):
         assert command in result.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(url: str, process: subprocess.Popen, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer in {seconds}s")
 
 
 def test_serve_runs_gunicorn_with_the_seeded_directory(database_url, tmp_path):

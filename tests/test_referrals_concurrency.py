@@ -16,9 +16,6 @@ decides who claims; the body hash is compared before the state):
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -39,14 +36,12 @@ from referral.db import get_database
 from referral.referrals.idempotency import DONE
 from referral.referrals.models import AuditEvent, IdempotencyRecord, Referral
 from tests.conftest import build_app
-from tests.test_cli import free_port, wait_for
+from tests.live import OPENER, serve
 
 THREADS = 16
 ROUNDS = 5
 TIMEOUT = 30
 BODY: dict[str, Any] = {"origin": {"zip": "55413"}, "concerns": ["running_low_back_pain"]}
-# Never a proxy: every request goes straight to the server on loopback.
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -137,29 +132,8 @@ def live(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
     finally:
         get_database(app).dispose()
 
-    port = free_port()
-    log = tmp_path / "server.log"
-    script = Path(sys.executable).parent / "referral"
-    argv = [str(script), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "3", "--threads", "4"]
-    env = {**os.environ, "REFERRAL_DATABASE_URL": database_url}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            argv, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    server = LiveServer(f"http://127.0.0.1:{port}", database_url, token, key_id, log)
-    try:
-        try:
-            wait_for(f"{server.base}/v1/specialties", process)
-        except AssertionError as exc:
-            raise AssertionError(server.explain(exc)) from None
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=TIMEOUT)
+    with serve(database_url, tmp_path, workers=3, threads=4, timeout=TIMEOUT) as served:
+        yield LiveServer(served.base, database_url, token, key_id, served.log)
 
 
 def assert_no_server_errors(server: LiveServer) -> None:
