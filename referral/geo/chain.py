@@ -14,8 +14,10 @@ from referral.db import get_database
 from referral.directory.models import GeocodePrecision
 from referral.geo.gazetteer import Gazetteer, Place, get_gazetteer
 from referral.geo.network import NetworkGeocoder
+from referral.geo.usps import STATE_CODES
 
 _ZIP_ANYWHERE = re.compile(r"\b([0-9]{5})(?:-[0-9]{4})?\b")
+_CITY_SPACE_STATE = re.compile(r"([^\W\d][^,\d]*?)\s+([A-Za-z]{2})")
 _STATE_ZIP_TAIL = re.compile(r"^\s*([A-Za-z]{2})(?:\s+[0-9]{5}(?:-[0-9]{4})?)?\s*\Z")
 
 
@@ -94,6 +96,12 @@ class GeocoderChain:
             return self.zip(parsed.zip)
         if parsed.is_only_city and parsed.city and parsed.state:
             return self.city(parsed.city, parsed.state)
+        spaced = _CITY_SPACE_STATE.fullmatch(text.strip())
+        if spaced and spaced.group(2).upper() in STATE_CODES:
+            # "San Antonio TX", as people type it; "12 Main Ct" must still reach the network.
+            found = self.city(spaced.group(1), spaced.group(2).upper())
+            if found is not None:
+                return found
         return self._network_then_coarse(text, parsed)
 
     def location(

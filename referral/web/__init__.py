@@ -27,6 +27,7 @@ def init_web(app: Flask) -> None:
     from referral.directory.views import clinics_blp, locations_blp, specialties_blp
     from referral.geo.chain import init_app as init_geocoder
     from referral.referrals.views import concerns_blp, referrals_blp
+    from referral.web.widget import widget_blp
 
     init_geocoder(app)
     api = ReferralApi(app)
@@ -43,6 +44,7 @@ def init_web(app: Flask) -> None:
     ):
         api.register_blueprint(blp)
     app.extensions["referral_api"] = api
+    app.register_blueprint(widget_blp)
 
     CORS(
         app,
@@ -78,7 +80,8 @@ def init_web(app: Flask) -> None:
             request.method in ("GET", "HEAD")
             and PUBLIC_PATH_RE.fullmatch(request.path)
             and "Authorization" not in request.headers  # an editor's view is not public
-            and response.status_code == 200
+            # A 304 repeats the caching rules of the 200 it stands for (RFC 9111 4.3.4).
+            and response.status_code in (200, 304)
             and "Cache-Control" not in response.headers
         ):
             max_age = int(app.config["PUBLIC_CACHE_MAX_AGE"])

@@ -75,6 +75,11 @@ def field_error(status: int, location: str, field: str, reason: str) -> NoReturn
 
 def problem_response(error: HTTPException) -> Response:
     status = error.code or 500
+    if status == 304:  # not a problem: an empty answer that keeps its validators
+        not_modified = current_app.response_class(status=304)
+        for name, value in ((getattr(error, "data", None) or {}).get("headers") or {}).items():
+            not_modified.headers[name] = value
+        return not_modified
     try:
         title = http.HTTPStatus(status).phrase
     except ValueError:
