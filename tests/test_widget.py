@@ -271,6 +271,24 @@ def test_embed_page_starts_at_once_with_san_antonio_first(app, api_base, visit):
     seen.page.screenshot(path=str(ARTIFACTS / "widget-embed-page.png"), full_page=True)
 
 
+def test_embed_works_framed_by_another_site(api_base, host_site, browser):
+    frame_tag = f'<iframe src="{api_base}/embed?zip={SAN_ANTONIO}" title="Find a clinic"></iframe>'
+    (host_site.directory / "framed.html").write_text(
+        f'<!doctype html><html lang="en"><head><link rel="icon" href="data:,"></head>'
+        f"<body>{frame_tag}</body></html>"
+    )
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{host_site.base}/framed.html")
+        finder = page.frame_locator("iframe").locator("[data-clinic-finder]")
+        finder.locator(".cf-status").filter(has_text="within").wait_for()
+        assert "San Antonio" in finder.locator(".cf-address").first.inner_text()
+    finally:
+        context.close()
+
+
 def test_embed_takes_a_query_and_a_specialty(api_base, visit):
     seen = visit(f"{api_base}/embed?q=Minneapolis,+MN&specialty=running")
     wait_for_results(seen)
