@@ -10,6 +10,7 @@ from marshmallow import validate
 from referral.directory.hours import HoursError, check_exceptions, check_schedule
 from referral.directory.schemas import LANGUAGE, ZIP_PATTERN, StateCode
 from referral.web.limits import MAX_ID
+from referral.web.text import PlainText
 
 
 class _Strict(ma.Schema):
@@ -18,7 +19,7 @@ class _Strict(ma.Schema):
 
 
 class ClinicCreateSchema(_Strict):
-    name = ma.fields.String(required=True, validate=validate.Length(min=1, max=200))
+    name = ma.fields.String(required=True, validate=[validate.Length(min=1, max=200), PlainText()])
     phone = ma.fields.String(allow_none=True, validate=validate.Length(min=3, max=40))
     website = ma.fields.Url(
         allow_none=True, schemes={"http", "https"}, validate=validate.Length(max=300)
@@ -29,7 +30,7 @@ class ClinicCreateSchema(_Strict):
 
 
 class ClinicPatchSchema(ClinicCreateSchema):
-    name = ma.fields.String(validate=validate.Length(min=1, max=200))
+    name = ma.fields.String(validate=[validate.Length(min=1, max=200), PlainText()])
     active = ma.fields.Boolean(metadata={"description": "false deactivates, true reactivates"})
 
 
@@ -49,9 +50,13 @@ def _both_or_neither(data: dict[str, Any]) -> None:
 
 
 class LocationCreateSchema(_Strict):
-    address_line1 = ma.fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
-    address_line2 = ma.fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
-    city = ma.fields.String(required=True, validate=validate.Length(min=1, max=100))
+    address_line1 = ma.fields.String(
+        allow_none=True, validate=[validate.Length(min=1, max=200), PlainText()]
+    )
+    address_line2 = ma.fields.String(
+        allow_none=True, validate=[validate.Length(min=1, max=200), PlainText()]
+    )
+    city = ma.fields.String(required=True, validate=[validate.Length(min=1, max=100), PlainText()])
     state = StateCode(required=True)
     zip = ma.fields.String(
         allow_none=True,
@@ -84,7 +89,7 @@ class LocationCreateSchema(_Strict):
 
 
 class LocationPatchSchema(LocationCreateSchema):
-    city = ma.fields.String(validate=validate.Length(min=1, max=100))
+    city = ma.fields.String(validate=[validate.Length(min=1, max=100), PlainText()])
     state = StateCode()
     active = ma.fields.Boolean()
 

@@ -18,6 +18,7 @@ from referral.directory.schemas import (
 )
 from referral.referrals.models import Status, Urgency
 from referral.web.limits import MAX_ID
+from referral.web.text import PlainText, text_problem
 
 # An opaque id from the app: letters, digits and . _ : - only, so no names with spaces, no
 # e-mail addresses.
@@ -44,6 +45,10 @@ def check_assessment(value: dict[str, Any]) -> None:
             raise ma.ValidationError(f"nested deeper than {ASSESSMENT_MAX_DEPTH} levels at {path}")
         if isinstance(node, dict):
             for key, child in node.items():
+                key_problem = text_problem(str(key))
+                if key_problem:
+                    where = f" in {path.rstrip('.')}" if path else ""
+                    raise ma.ValidationError(f"a key{where}: {key_problem}")
                 folded = re.sub(r"[^a-z0-9]", "", str(key).lower())
                 if any(part in folded for part in IDENTIFYING_KEY_PARTS):
                     raise ma.ValidationError(
@@ -53,6 +58,8 @@ def check_assessment(value: dict[str, Any]) -> None:
                 walk(child, depth + 1, f"{path}{key}.")
         elif isinstance(node, str) and EMAIL_VALUE.search(node):
             raise ma.ValidationError(f"{path.rstrip('.')}: looks like an e-mail address")
+        elif isinstance(node, str) and (problem := text_problem(node, multiline=True)):
+            raise ma.ValidationError(f"{path.rstrip('.')}: {problem}")
         elif isinstance(node, list):
             for index, child in enumerate(node):
                 walk(child, depth + 1, f"{path}{index}.")
@@ -117,7 +124,7 @@ class ReferralCreateSchema(_Strict):
 
 class StatusChangeSchema(_Strict):
     status = ma.fields.String(required=True, validate=validate.OneOf([s.value for s in Status]))
-    note = ma.fields.String(validate=validate.Length(min=1, max=1000))
+    note = ma.fields.String(validate=[validate.Length(min=1, max=1000), PlainText(multiline=True)])
 
     @ma.validates_schema
     def declined_needs_reason(self, data: dict[str, Any], **_kwargs: Any) -> None:

@@ -16,7 +16,7 @@ from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import quote_etag
 
-from referral.web.problems import PROBLEM_JSON, ProblemSchema, problem_response
+from referral.web.problems import PROBLEM_JSON, ProblemSchema, field_error, problem_response
 
 
 class ReferralApi(Api):
@@ -42,28 +42,119 @@ class ReferralApi(Api):
 
 
 class HardenedParser(FlaskParser):
-    """webargs' parser, but hostile JSON is a 400, never a 500: nesting that exhausts the
-    recursion limit, numbers too long to convert, and NUL characters (PostgreSQL refuses
-    them in text)."""
+    """webargs' parser, but hostile bodies are 4xx, never a 500 or a silent truncation:
+
+    - a body that is not JSON where JSON is expected: 415 naming Content-Type (not a 422 for
+      "missing" fields, which would hide the real mistake);
+    - a streamed (chunked) body longer than MAX_CONTENT_LENGTH: 413 (werkzeug would cut it
+      at the limit and parse the first part);
+    - nesting that exhausts the recursion limit, numbers too long to convert: 400;
+    - NUL characters (PostgreSQL refuses them in text) and lone surrogates (``"\\ud800"``:
+      valid JSON, but no UTF-8 encoding exists, so storing it fails): 400 naming the field.
+    """
 
     def _raw_load_json(self, req: Request) -> Any:
         if not is_json_request(req):
+            if has_body(req):
+                field_error(415, "headers", "Content-Type", "send the body as application/json")
             return missing
-        data = req.get_data(cache=True)
-        if b"\\u0000" in data or b"\x00" in data:
-            abort(400, messages={"json": ["NUL characters are not accepted"]})
+        data = read_limited_body(req)
         try:
-            return parse_json(data)
+            parsed = parse_json(data)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise
         except (RecursionError, ValueError):
             abort(400, messages={"json": ["JSON nested too deeply, or a number too long"]})
+        bad = find_unstorable_text(parsed)
+        if bad is not None:
+            path, reason = bad
+            field_error(400, "json", path, reason)
+        return parsed
+
+
+def has_body(req: Request) -> bool:
+    """Whether the request carries a body (a length above zero, or a chunked stream)."""
+    if req.content_length:
+        return True
+    return "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+
+
+def read_limited_body(req: Request) -> bytes:
+    """The body, cached; 413 when a streamed body goes past MAX_CONTENT_LENGTH.
+
+    werkzeug enforces the limit on a declared Content-Length, but a chunked body is only
+    read up to the limit and the rest silently dropped; one more byte after it means the
+    body was too long.
+    """
+    data = req.get_data(cache=True)
+    limit = req.max_content_length
+    streamed = req.content_length is None
+    if limit is not None and streamed and len(data) >= limit and req.environ["wsgi.input"].read(1):
+        abort(413, message=f"the body is larger than {limit} bytes")
+    return data
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "NUL characters are not accepted"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid Unicode text (a lone surrogate such as \\ud800)"
+    return None
+
+
+def find_unstorable_text(document: Any) -> tuple[str, str] | None:
+    """The dotted path of the first key or string no database can store, and why; or None.
+
+    Iterative, so a document that was just deep enough to parse cannot exhaust the stack.
+    """
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, str):
+            reason = _text_problem(node)
+            if reason is not None:
+                return path or "(body)", reason
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                dotted = f"{path}.{key}" if path else str(key)
+                reason = _text_problem(key)
+                if reason is not None:
+                    # The key itself cannot be echoed safely: name its parent.
+                    return path or "(body)", f"a key: {reason}"
+                stack.append((dotted, child))
+        elif isinstance(node, list):
+            stack.extend((f"{path}.{index}" if path else str(index), child)
+                         for index, child in enumerate(node))  # fmt: skip
+    return None
+
+
+# What a JSON body can be refused with before its schema is even looked at.
+BODY_PROBLEMS = (400, 413, 415)
 
 
 class Blueprint(flask_smorest.Blueprint):
-    """flask-smorest's Blueprint with the hardened argument parser: use this one."""
+    """flask-smorest's Blueprint with the hardened argument parser: use this one.
+
+    Operations taking a JSON body document the parser's own refusals (400, 413, 415).
+    """
 
     ARGUMENTS_PARSER = HardenedParser()
+
+    def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Any:
+        decorator = super().arguments(schema, location=location, **kwargs)
+        if location != "json":
+            return decorator
+
+        def decorate(view: Any) -> Any:
+            wrapped = decorator(view)
+            responses = wrapped._apidoc["arguments"].setdefault("responses", {})
+            for code in BODY_PROBLEMS:
+                responses.setdefault(code, http.HTTPStatus(code).name)
+            return wrapped
+
+        return decorate
 
     def _check_not_modified(self, etag: str) -> None:
         # As flask-smorest's, but the 304 names the ETag it confirms (RFC 9110 15.4.5), so

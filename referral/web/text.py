@@ -1,0 +1,42 @@
+"""Text fields people will read: refuse characters that hide or disguise what is written.
+
+Names, addresses and notes are shown to patients and clinics. Control characters, the bidi
+overrides and isolates of "Trojan Source" (U+202A-U+202E, U+2066-U+2069), and invisible
+zero-width characters (U+200B, U+2060, U+FEFF) let a record display as something it is not,
+or two records that look identical differ. ZWJ and ZWNJ stay allowed: some scripts need them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import marshmallow as ma
+
+_DISGUISING = "\u202a-\u202e\u2066-\u2069\u200b\u2060\ufeff"
+# C0 and C1 controls (and DEL); multi-line text may keep tab and line breaks.
+_SINGLE_LINE_BAD = re.compile(f"[\x00-\x1f\x7f-\x9f{_DISGUISING}]")
+_MULTI_LINE_BAD = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_DISGUISING}]")
+
+
+def text_problem(value: str, *, multiline: bool = False) -> str | None:
+    """Why ``value`` is refused, or None; the reason names the character by code point."""
+    found = (_MULTI_LINE_BAD if multiline else _SINGLE_LINE_BAD).search(value)
+    if found is None:
+        return None
+    return (
+        f"contains U+{ord(found.group()):04X} (control, bidi override or invisible characters "
+        "are not accepted)"
+    )
+
+
+class PlainText:
+    """A marshmallow validator: ``validate=[Length(...), PlainText()]``."""
+
+    def __init__(self, *, multiline: bool = False) -> None:
+        self.multiline = multiline
+
+    def __call__(self, value: str) -> str:
+        reason = text_problem(value, multiline=self.multiline)
+        if reason is not None:
+            raise ma.ValidationError(reason)
+        return value
