@@ -36,10 +36,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     os.makedirs(app.instance_path, exist_ok=True)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep schema order: origin first
 
-    from referral import commands, db
+    from referral import commands, db, ops
     from referral.web import init_web
 
     db.init_app(app)
     init_web(app)
+    ops.init_app(app)
     commands.init_app(app)
     return app

@@ -11,6 +11,8 @@ from flask.cli import with_appcontext
 
 from referral.migrations import runner
 
+GUNICORN_CONFIG = "referral.ops.gunicorn_config"
+
 
 def init_app(app: Flask) -> None:
     from referral.admin.commands import import_command
@@ -79,18 +81,19 @@ def seed() -> None:
 
 
 @click.command("serve", context_settings={"ignore_unknown_options": True})
-@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="HOST:PORT")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--bind", help="HOST:PORT  [default: REFERRAL_BIND, else 127.0.0.1:8000]")
+@click.option("--workers", type=click.IntRange(min=1), help="[default: REFERRAL_WORKERS, else 2]")
+@click.option("--threads", type=click.IntRange(min=1), help="[default: REFERRAL_THREADS, else 4]")
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
-def serve(bind: str, workers: int, gunicorn_args: tuple[str, ...]) -> None:
-    """Serve referral:create_app() with gunicorn (extra arguments go to gunicorn)."""
-    argv = [
-        sys.executable, "-m", "gunicorn",
-        "--bind", bind,
-        "--workers", str(workers),
-        *gunicorn_args,
-        "referral:create_app()",
-    ]  # fmt: skip
-    click.echo(f"serving on http://{bind}", err=True)
+def serve(
+    bind: str | None, workers: int | None, threads: int | None, gunicorn_args: tuple[str, ...]
+) -> None:
+    """Serve referral:create_app() with gunicorn, configured by referral/ops/gunicorn_config.py
+    (REFERRAL_* settings, JSON logs, metrics); extra arguments go to gunicorn."""
+    argv = [sys.executable, "-m", "gunicorn", "--config", f"python:{GUNICORN_CONFIG}"]
+    for flag, value in (("--bind", bind), ("--workers", workers), ("--threads", threads)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [*gunicorn_args, "referral:create_app()"]
     # exec: gunicorn becomes this process, so signals reach it directly.
     os.execv(sys.executable, argv)

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "REFERRAL_"
+
+# How the server runs (read by gunicorn's config, referral/ops/gunicorn_config.py, before any
+# app exists; also in app.config so every setting is listed in one place). REFERRAL_WORKERS,
+# REFERRAL_THREADS... override them; `referral serve --bind/--workers/--threads` overrides both.
+SERVER_DEFAULTS: dict[str, Any] = {
+    "BIND": "127.0.0.1:8000",
+    # Processes: each has its own database pool and gazetteer copy. Threads per process:
+    # requests mostly wait on the database, so a few threads use a worker's memory better.
+    "WORKERS": 2,
+    "THREADS": 4,
+    # A request running longer than this gets its worker killed and restarted.
+    "TIMEOUT": 30,
+    # On SIGTERM, workers finish their requests for up to this long before being killed.
+    "GRACEFUL_TIMEOUT": 30,
+    "KEEPALIVE": 5,
+    "LOG_LEVEL": "info",
+    # Prometheus multiprocess files; None: a fresh directory per server start (see
+    # docs/operations.md). Emptied when the server starts either way.
+    "METRICS_DIR": None,
+}
 
 
 def default_settings(instance_path: str) -> dict[str, Any]:
@@ -37,6 +61,37 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "IDEMPOTENCY_STALE_SECONDS": 60,
         # Public GETs may be cached briefly by browsers and CDNs.
         "PUBLIC_CACHE_MAX_AGE": 60,
+        **SERVER_DEFAULTS,
+        # The container's entrypoint loads seed_data/ before serving when true. Off by default:
+        # seeding puts seeded clinics back as the files say, undoing admin edits to them.
+        "SEED_ON_START": False,
+        # Reverse proxies / load balancers in front that set X-Forwarded-For/-Proto/-Host:
+        # 0 trusts none (client IP is the peer's address). Set it to the number of proxies,
+        # or any client can pick its own IP (and rate-limit key) with one header.
+        "TRUSTED_PROXIES": 0,
+        # GET /metrics needs "Authorization: Bearer <token>" when set; open when None (keep it
+        # off the public load balancer then).
+        "METRICS_TOKEN": None,
+        # Rate limits (Flask-Limiter reads the RATELIMIT_* names itself). memory:// counts per
+        # process: with several workers or machines use Redis, e.g. redis://redis:6379/0.
+        "RATELIMIT_ENABLED": True,
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "RATELIMIT_STORAGE_OPTIONS": {},
+        # Keys in the shared store start with this (servers or tests sharing a Redis differ).
+        "RATELIMIT_KEY_PREFIX": "referral",
+        "RATELIMIT_STRATEGY": "fixed-window",
+        # Per client IP, over all public directory GETs together.
+        "RATELIMIT_PUBLIC": "300 per minute",
+        # Per client IP, nearest searches by street address (those may go to a network
+        # geocoder, which is slow and limited itself); counted on top of RATELIMIT_PUBLIC.
+        "RATELIMIT_GEOCODE": "30 per minute",
+        # Per API key (its id, never the key), POST /v1/referrals.
+        "RATELIMIT_REFERRALS": "600 per minute",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        # The limit store being down must not take the API down: fall back to per-process
+        # counting in memory (logged) until it is back.
+        "RATELIMIT_SWALLOW_ERRORS": True,
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         # flask-smorest / OpenAPI.
         "API_TITLE": "Referral: clinic directory and referral service",
         "API_VERSION": "v1",
@@ -47,3 +102,29 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         # Swagger UI assets come from the swagger-ui-bundle package, served by us: no CDN.
         "OPENAPI_SWAGGER_UI_URL": "/docs/assets/",
     }
+
+
+def _env_value(raw: str) -> Any:
+    # As Flask's from_prefixed_env: JSON where it parses (numbers, booleans), else the text.
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def server_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """SERVER_DEFAULTS overridden by REFERRAL_* variables (for gunicorn, before any app)."""
+    environ = os.environ if environ is None else environ
+    settings = dict(SERVER_DEFAULTS)
+    for name in settings:
+        raw = environ.get(f"{ENV_PREFIX}{name}")
+        if raw is not None and raw != "":
+            settings[name] = _env_value(raw)
+    minimums = {"WORKERS": 1, "THREADS": 1, "TIMEOUT": 0, "GRACEFUL_TIMEOUT": 0, "KEEPALIVE": 0}
+    for name, least in minimums.items():
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{ENV_PREFIX}{name} must be a whole number >= {least}: {value!r}")
+    settings["BIND"] = str(settings["BIND"])
+    settings["LOG_LEVEL"] = str(settings["LOG_LEVEL"])
+    return settings

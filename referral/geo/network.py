@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 from referral.directory.models import GeocodePrecision
 from referral.geo.models import GeocodeCacheEntry
+from referral.ops import metrics
 from referral.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -142,13 +143,16 @@ class NetworkGeocoder:
             cached = session.get(GeocodeCacheEntry, key)
             if cached is not None and not self._expired(cached):
                 log.debug("geocode cache hit", extra={"provider": self.provider})
+                metrics.geocode_cache_hit(self.provider)
                 return self._from_cache(cached)
         try:
             location = self._lookup(query)
         except GeopyError as exc:
             # The query may be a patient's address: log the failure, never the text.
             log.warning("geocoder %s failed: %s", self.provider, type(exc).__name__)
+            metrics.geocoder_called(self.provider, "error")
             return None
+        metrics.geocoder_called(self.provider, "not_found" if location is None else "found")
         if location is None:
             entry = GeocodeCacheEntry(key=key, provider=self.provider, found=False)
         else:

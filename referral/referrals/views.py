@@ -23,6 +23,8 @@ from referral.db import get_database, get_session
 from referral.geo.chain import get_geocoder
 from referral.geo.distance import miles_to_km
 from referral.geo.origin import OriginError, resolve_origin_args
+from referral.ops import metrics
+from referral.ops.limits import limit_referral_intake
 from referral.referrals import audit, idempotency
 from referral.referrals import log as referral_log
 from referral.referrals.intake import ReferralInputError, ReferralRequest, create_referral
@@ -62,6 +64,8 @@ def authenticate_first() -> None:
     # Before the body is parsed: an unknown caller learns nothing from validation errors.
     if request.method != "OPTIONS":
         authenticate()
+        if request.method == "POST":
+            limit_referral_intake()  # per key, before the body is read; 429 past the limit
 
 
 @referrals_blp.after_request
@@ -239,6 +243,7 @@ class Referrals(MethodView):
             _audit("referral.create", "rejected")
             raise
         _audit("referral.create", "ok", [referral.id])
+        metrics.referral_created()
         location = url_for("referrals.ReferralById", referral_id=referral.id)
         return detail, 201, {"Location": location}
 

@@ -1,0 +1,72 @@
+"""gunicorn's settings for the referral service (`referral serve` passes this module with
+``--config python:referral.ops.gunicorn_config``; the repository's gunicorn.conf.py imports
+it for a bare ``gunicorn``).
+
+gunicorn reads this module's public names as settings: helpers stay underscored. Values come
+from REFERRAL_* variables over the defaults in referral/config.py (SERVER_DEFAULTS), and
+command-line flags override both.
+
+The app is loaded in each worker after the fork (no preload), so every worker creates its own
+database engine, limit-store connection and metrics files.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import os as _os
+import shutil as _shutil
+import sys as _sys
+import tempfile as _tempfile
+from typing import Any as _Any
+
+from referral.config import server_settings as _server_settings
+
+_settings = _server_settings()
+
+bind = [_settings["BIND"]]
+workers = _settings["WORKERS"]
+threads = _settings["THREADS"]
+timeout = _settings["TIMEOUT"]
+graceful_timeout = _settings["GRACEFUL_TIMEOUT"]
+keepalive = _settings["KEEPALIVE"]
+loglevel = _settings["LOG_LEVEL"]
+# JSON lines: gunicorn's own messages and the app's on stderr, the access log on stdout.
+logger_class = "referral.ops.logs.GunicornJsonLogger"
+accesslog = "-"
+errorlog = "-"
+wsgi_app = "referral:create_app()"
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_made_metrics_dir: list[str] = []
+
+
+def on_starting(server: _Any) -> None:
+    """Before any worker: one metrics directory for this server, emptied of earlier runs'
+    files, named in the environment the workers inherit."""
+    if "prometheus_client.values" in _sys.modules:
+        # Too late to switch to multiprocess mode in this process: every worker would keep
+        # its own counts and /metrics would show one worker's share.
+        server.log.warning("prometheus_client was imported before the server started")
+    directory = _settings["METRICS_DIR"] or _os.environ.get(_MULTIPROC_ENV)
+    if directory:
+        directory = str(directory)
+        _os.makedirs(directory, exist_ok=True)
+        for stale in _glob.glob(_os.path.join(directory, "*.db")):
+            _os.remove(stale)
+    else:
+        directory = _tempfile.mkdtemp(prefix="referral-metrics-")
+        _made_metrics_dir.append(directory)
+    _os.environ[_MULTIPROC_ENV] = directory
+    server.log.info("metrics directory %s", directory)
+
+
+def child_exit(server: _Any, worker: _Any) -> None:
+    # A dead worker's counters stay (they are totals); its live gauges, if any, go.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: _Any) -> None:
+    for directory in _made_metrics_dir:
+        _shutil.rmtree(directory, ignore_errors=True)

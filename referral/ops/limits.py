@@ -1,0 +1,185 @@
+"""Rate limits (Flask-Limiter), all decided here:
+
+- RATELIMIT_PUBLIC: per client IP, shared by every public directory GET (clinics,
+  locations, specialties, concerns, exports);
+- RATELIMIT_GEOCODE: per client IP, nearest searches by ``address`` (those may call a
+  network geocoder), on top of the public limit;
+- RATELIMIT_REFERRALS: per API key, POST /v1/referrals. Checked inside the view, after the
+  key is authenticated, and keyed by the key's row id: a caller cannot spend someone else's
+  allowance by sending their key id with a wrong secret, and no key or token ever reaches
+  the limit store.
+
+A refusal is 429 problem+json with Retry-After (and X-RateLimit-* headers). Limits are read
+from app.config at each request, so they can be changed in tests without a new app. The
+client IP is the peer address, or the one TRUSTED_PROXIES proxies vouch for (ProxyFix, set
+up in referral.ops). Counters live in RATELIMIT_STORAGE_URI: ``memory://`` counts per
+process, so with several workers or machines every process allows the full rate; use Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from flask_limiter import Limiter, RouteLimit
+from flask_smorest.spec.plugins import FlaskPlugin
+
+# Blueprints whose GETs are the public directory (names as registered by referral.web).
+PUBLIC_BLUEPRINTS = ("clinics", "locations", "specialties", "concerns", "exports")
+GEOCODE_BLUEPRINT = "locations"
+INTAKE_ENDPOINT = "referrals.Referrals"
+RATE_LIMITED_RESPONSE = "RATE_LIMITED"
+
+
+def client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _api_key_id() -> str:
+    # g.api_key is set by authenticate(); its row id, never the key or its public key id.
+    return f"key:{g.api_key.id}"
+
+
+def _setting(name: str) -> Any:
+    return current_app.config[name]
+
+
+def get_limiter(app: Flask | None = None) -> Limiter:
+    limiter: Limiter = (app or current_app).extensions["referral_limiter"]
+    return limiter
+
+
+def limit_referral_intake() -> None:
+    """Count this POST against its API key's allowance; raise 429 past RATELIMIT_REFERRALS.
+
+    Call after authenticate(): the key must be known.
+    """
+    intake: RouteLimit = current_app.extensions["referral_intake_limit"]
+    with intake:
+        pass
+
+
+def _retry_after_at_least_one_second(response: Response) -> Response:
+    # Flask-Limiter rounds down, so a window ending within the second says "Retry-After: 0"
+    # (and says nothing when its headers are off): a client must wait at least a second.
+    if response.status_code != 429:
+        return response
+    value = response.headers.get("Retry-After", "")
+    if value.isdigit() and int(value) >= 1:
+        return response
+    seconds = 1
+    limit = get_limiter().current_limit
+    if limit is not None:
+        try:
+            seconds = max(1, math.ceil(limit.reset_at - time.time()))
+        except Exception:  # the limit store went away meanwhile: one second it is
+            seconds = 1
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    # Registered before the limiter's own hook, so it runs after it (Flask runs after-request
+    # hooks in reverse) and sees the headers the limiter wrote.
+    app.after_request(_retry_after_at_least_one_second)
+    storage_uri = str(app.config.get("RATELIMIT_STORAGE_URI") or "memory://")
+    options = dict(app.config.get("RATELIMIT_STORAGE_OPTIONS") or {})
+    if storage_uri.startswith(("redis://", "rediss://", "redis+")):
+        # A slow Redis must not hold requests: give up quickly and fall back to memory.
+        options.setdefault("socket_connect_timeout", 1)
+        options.setdefault("socket_timeout", 1)
+    app.config["RATELIMIT_STORAGE_OPTIONS"] = options
+    limiter = Limiter(key_func=client_ip, app=app)
+    app.extensions["referral_limiter"] = limiter
+
+    public = limiter.shared_limit(
+        lambda: str(_setting("RATELIMIT_PUBLIC")),
+        scope="public",
+        methods=["GET", "HEAD"],
+        error_message=lambda: (
+            f"too many requests from this address: the public directory "
+            f"allows {_setting('RATELIMIT_PUBLIC')}; retry after Retry-After seconds"
+        ),
+    )
+    geocode = limiter.limit(
+        lambda: str(_setting("RATELIMIT_GEOCODE")),
+        scope="geocode",
+        methods=["GET", "HEAD"],
+        exempt_when=lambda: "address" not in request.args,
+        error_message=lambda: (
+            f"too many address searches from this address: at most "
+            f"{_setting('RATELIMIT_GEOCODE')}; search by zip or lat/lon, or retry after "
+            "Retry-After seconds"
+        ),
+    )
+    for name in PUBLIC_BLUEPRINTS:
+        blueprint = app.blueprints.get(name)
+        if isinstance(blueprint, Blueprint):
+            public(blueprint)
+            if name == GEOCODE_BLUEPRINT:
+                geocode(blueprint)
+    # One limit object, entered by limit_referral_intake() inside the view; its key comes
+    # from the request, so concurrent requests sharing it cannot mix keys up.
+    app.extensions["referral_intake_limit"] = limiter.limit(
+        lambda: str(_setting("RATELIMIT_REFERRALS")),
+        key_func=_api_key_id,
+        scope="referrals",
+        error_message=lambda: (
+            f"too many referrals from this API key: at most "
+            f"{_setting('RATELIMIT_REFERRALS')}; retry after Retry-After seconds"
+        ),
+    )
+    document_limits(app)
+
+
+# --- the OpenAPI spec ------------------------------------------------------------------------
+
+
+def _integer_header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "integer"}}
+
+
+RATE_LIMITED_DOC: dict[str, Any] = {
+    "description": "Too Many Requests: a rate limit was reached (see Retry-After)",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    "headers": {
+        "Retry-After": _integer_header("Seconds to wait before trying again"),
+        "X-RateLimit-Limit": _integer_header("Requests allowed in the window"),
+        "X-RateLimit-Remaining": _integer_header("Requests left in the window"),
+        "X-RateLimit-Reset": _integer_header("When the window ends (Unix time)"),
+    },
+}
+
+
+def limited_operations(app: Flask) -> list[tuple[str, str]]:
+    """(OpenAPI path, method) of every rate-limited operation."""
+    found: list[tuple[str, str]] = []
+    for rule in app.url_map.iter_rules():
+        blueprint = rule.endpoint.rpartition(".")[0]
+        methods = rule.methods or set()
+        path = FlaskPlugin.flaskpath2openapi(rule.rule)
+        if blueprint in PUBLIC_BLUEPRINTS and "GET" in methods:
+            found.append((path, "get"))
+        if rule.endpoint == INTAKE_ENDPOINT and "POST" in methods:
+            found.append((path, "post"))
+    return found
+
+
+def document_limits(app: Flask) -> None:
+    """Add the 429 answer to every limited operation in the spec (decided here, with the
+    limits, rather than on each view)."""
+    api = app.extensions.get("referral_api")
+    if api is None:
+        return
+    spec = api.spec
+    if RATE_LIMITED_RESPONSE not in spec.components.responses:
+        spec.components.response(RATE_LIMITED_RESPONSE, RATE_LIMITED_DOC)
+    # apispec keeps registered paths here; operations are plain dicts, complete by now.
+    paths: dict[str, dict[str, Any]] = spec._paths
+    ref = {"$ref": f"#/components/responses/{RATE_LIMITED_RESPONSE}"}
+    for path, method in limited_operations(app):
+        operation = paths.get(path, {}).get(method)
+        if operation is not None:
+            operation.setdefault("responses", {})["429"] = dict(ref)
