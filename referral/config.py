@@ -53,6 +53,9 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "GEOCODE_CACHE_SECRET": None,
         # Nearest search: the largest radius (or referral max_distance) accepted.
         "NEAREST_MAX_RADIUS_KM": 5000.0,
+        # How often a worker checks whether the directory changed (its nearest index is then
+        # rebuilt); a worker's own edits are seen at once. See docs/nearest.md.
+        "NEAREST_INDEX_CHECK_SECONDS": 1.0,
         # Request bodies beyond this are refused with 413 before they are read.
         "MAX_CONTENT_LENGTH": 64 * 1024,
         # Idempotency-Key records: kept at least a day so late retries still replay.
