@@ -3,6 +3,7 @@
 from referral.admin.models import AdminChange
 from referral.auth.models import ApiKey
 from referral.directory.models import Clinic, ClinicSpecialty, Location, Specialty
+from referral.directory.revision import DirectoryRevision
 from referral.geo.models import GeocodeCacheEntry
 from referral.referrals.models import (
     AuditEvent,
@@ -22,6 +23,7 @@ __all__ = [
     "ClinicSpecialty",
     "Concern",
     "ConcernSpecialty",
+    "DirectoryRevision",
     "GeocodeCacheEntry",
     "IdempotencyRecord",
     "Location",

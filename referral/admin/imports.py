@@ -43,6 +43,7 @@ from referral.directory.models import (
     Location,
     Specialty,
 )
+from referral.directory.revision import bump_revision
 from referral.geo.chain import GeocoderChain, GeocodeResult
 from referral.timeutil import utcnow
 
@@ -933,6 +934,8 @@ def _apply_import(
     source: str | None,
     progress: Progress | None,
 ) -> int:
+    # Bulk statements bypass the ORM's flush hook: mark the directory changed ourselves.
+    bump_revision(session)
     now = utcnow()
     changes: list[dict[str, Any]] = []
 

@@ -1,21 +1,42 @@
 """Nearest search: the one function behind "which clinics are closest to here".
 
-Everything that asks for nearest locations calls ``find_nearest``; how candidates are found
-(today a bounding-box prefilter in SQL) can change behind it without touching callers.
+Everything that asks for nearest locations calls ``find_nearest``. Candidates come from a
+per-worker in-memory spatial index (referral/directory/spatial_index.py) in increasing
+distance, with a proven bound that stops the scan once nothing further can enter the answer;
+the rows of the chosen candidates are then read from the database and checked again, so what
+is shown is never older than the database even while the index is.
+
+Freshness: each worker reads the directory's revision (one primary-key row, bumped with every
+directory change: referral/directory/revision.py) at most every NEAREST_INDEX_CHECK_SECONDS,
+and at once after its own directory commits; a changed revision rebuilds the index in the
+request that noticed it while other threads keep answering from the previous one. See
+docs/nearest.md for the bound and the costs.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
+import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from flask import current_app, has_app_context
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import selectinload
 from sqlmodel import Session, col, select
 
 from referral.directory.facts import NO_FACTS, FactFilter
 from referral.directory.models import Clinic, Location
-from referral.directory.service import clinics_with_all_specialties
-from referral.geo.distance import bounding_box, geodesic_km, km_to_miles
+from referral.directory.revision import local_generation, read_revision
+from referral.directory.spatial_index import DirectoryIndex, NearestSearch, load_index
+from referral.geo.distance import geodesic_km, km_to_miles
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,59 +71,158 @@ def find_nearest(
     """The ``limit`` active locations nearest to (lat, lon) by geodesic distance, of clinics
     having every one of ``specialties``, within ``radius_km`` if given, passing ``facts``.
     Ties go to the lower location id, so answers are stable."""
-    excluded: dict[str, int] = {}
-    hits = _ranked(session, lat, lon, specialties, radius_km, limit, facts, excluded)
+    index = current_index(session)
+    search = NearestSearch(
+        index, lat, lon, specialties=specialties, radius_km=radius_km, facts=facts
+    )
+    hits = _verified(session, search, limit, specialties, facts)
     outside = None
     if not hits and radius_km is not None:
-        anywhere = _ranked(session, lat, lon, specialties, None, 1, facts, {})
-        outside = anywhere[0] if anywhere else None
-    return NearestResult(hits=hits, nearest_outside_radius=outside, excluded_unknown=excluded)
+        anywhere = NearestSearch(
+            index, lat, lon, specialties=specialties, facts=facts, judge=search.judge
+        )
+        found = _verified(session, anywhere, 1, specialties, facts)
+        outside = found[0] if found else None
+    return NearestResult(
+        hits=hits, nearest_outside_radius=outside, excluded_unknown=search.excluded_unknown()
+    )
 
 
-def _ranked(
+def _verified(
     session: Session,
-    lat: float,
-    lon: float,
-    specialties: Sequence[str],
-    radius_km: float | None,
+    search: NearestSearch,
     limit: int,
+    specialties: Sequence[str],
     facts: FactFilter,
-    excluded: dict[str, int],
 ) -> list[NearestHit]:
+    """The search's best, each checked against its row as it is now: a row that no longer
+    matches (deactivated, lost a specialty, a fact changed) is dropped and the search goes on
+    past it; one that moved gets its distance from where it is now."""
+    required = set(specialties)
+    index = search.index
+    checked: dict[int, NearestHit] = {}
+    while True:
+        best = search.best(limit)
+        unread = [location_id for _, location_id, _ in best if location_id not in checked]
+        if not unread:
+            break
+        rows = _rows(session, unread)
+        for km, location_id, point in best:
+            if location_id in checked:
+                continue
+            row = rows.get(location_id)
+            hit = None
+            if row is not None and _still_matches(row, required, facts):
+                assert row.lat is not None and row.lon is not None
+                if (row.lat, row.lon) != (index.lat[point], index.lon[point]):
+                    km = geodesic_km(search.lat, search.lon, row.lat, row.lon)
+                if search.radius_km is None or km <= search.radius_km:
+                    hit = NearestHit(row, km)
+            if hit is None:
+                search.drop(location_id)
+            else:
+                checked[location_id] = hit
+    hits = [checked[location_id] for _, location_id, _ in best]
+    hits.sort(key=lambda hit: (hit.distance_km, hit.location.id or 0))
+    return hits
+
+
+def _rows(session: Session, ids: list[int]) -> dict[int, Location]:
     query = (
         select(Location)
-        .join(Clinic, col(Clinic.id) == col(Location.clinic_id))
-        .where(
-            col(Location.active).is_(True),
-            col(Clinic.active).is_(True),
-            col(Location.lat).is_not(None),
-            col(Location.lon).is_not(None),
-        )
+        .where(col(Location.id).in_(ids))
         .options(
             selectinload(Location.clinic).selectinload(Clinic.specialty_links)  # type: ignore[arg-type]
         )
     )
-    if specialties:
-        query = query.where(clinics_with_all_specialties(specialties))
-    if radius_km is not None:
-        lat_min, lat_max, lon_min, lon_max = bounding_box(lat, lon, radius_km)
-        query = query.where(col(Location.lat).between(lat_min, lat_max))
-        if lon_min is not None and lon_max is not None:
-            query = query.where(col(Location.lon).between(lon_min, lon_max))
-    hits = []
-    for location in session.exec(query).all():
-        assert location.lat is not None and location.lon is not None
-        distance = geodesic_km(lat, lon, location.lat, location.lon)
-        if radius_km is not None and distance > radius_km:
-            continue
-        if facts.active:
-            unknown = facts.unknowns(location)
-            if unknown is None:
-                continue
-            if unknown:
-                for name in unknown:
-                    excluded[name] = excluded.get(name, 0) + 1
-                continue
-        hits.append(NearestHit(location, distance))
-    hits.sort(key=lambda hit: (hit.distance_km, hit.location.id or 0))
-    return hits[:limit]
+    return {location.id: location for location in session.exec(query) if location.id is not None}
+
+
+def _still_matches(location: Location, required: set[str], facts: FactFilter) -> bool:
+    clinic = location.clinic
+    if not (location.active and clinic.active) or location.lat is None or location.lon is None:
+        return False
+    if not required <= set(clinic.specialty_codes):
+        return False
+    return not facts.active or facts.unknowns(location) == []
+
+
+# ---- one index per database per worker -----------------------------------------------------
+
+
+class IndexHolder:
+    """The current index of one database in this process, and when it was last checked."""
+
+    def __init__(self) -> None:
+        self.index: DirectoryIndex | None = None
+        self._checked_at = -math.inf
+        self._generation = -1
+        self._build_lock = threading.Lock()
+
+    def current(self, session: Session, engine: Engine, check_seconds: float) -> DirectoryIndex:
+        index = self.index
+        now = time.monotonic()
+        generation = local_generation()
+        if (
+            index is not None
+            and generation == self._generation
+            and now - self._checked_at < check_seconds
+        ):
+            return index
+        # Noted before reading: a commit after this point changes the generation again.
+        self._checked_at, self._generation = now, generation
+        revision = read_revision(session)
+        if index is not None and index.revision == revision:
+            return index
+        if index is not None and not self._build_lock.acquire(blocking=False):
+            return index  # another thread is rebuilding: answer from the previous revision
+        if index is None:
+            self._build_lock.acquire()  # nothing to answer from yet: wait for the first build
+        try:
+            built = self.index
+            if built is None or built.revision != revision:
+                built = self.index = _build(engine)
+            return built
+        finally:
+            self._build_lock.release()
+
+
+def _build(engine: Engine) -> DirectoryIndex:
+    with engine.connect() as connection:
+        index = load_index(connection)
+    log.info(
+        "nearest index: revision %d, %d locations, %.1f MB, built in %.2f s",
+        index.revision,
+        index.size,
+        index.nbytes() / 1e6,
+        index.build_seconds,
+    )
+    return index
+
+
+_holders: weakref.WeakKeyDictionary[Engine, IndexHolder] = weakref.WeakKeyDictionary()
+_holders_lock = threading.Lock()
+
+
+def _holder(engine: Engine) -> IndexHolder:
+    with _holders_lock:
+        holder = _holders.get(engine)
+        if holder is None:
+            holder = _holders[engine] = IndexHolder()
+        return holder
+
+
+def _check_seconds() -> float:
+    if has_app_context():
+        return float(current_app.config.get("NEAREST_INDEX_CHECK_SECONDS", DEFAULT_CHECK_SECONDS))
+    return DEFAULT_CHECK_SECONDS
+
+
+def current_index(session: Session) -> DirectoryIndex:
+    """This worker's index of the session's database, checked and rebuilt as needed."""
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    return _holder(engine).current(session, engine, _check_seconds())
+
+
+__all__ = ["IndexHolder", "NearestHit", "NearestResult", "current_index", "find_nearest"]
