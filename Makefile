@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 BIND ?= 127.0.0.1:8000
 WORKERS ?= 2
 
-.PHONY: run test lint typecheck check openapi seed clean
+.PHONY: run test lint typecheck check openapi seed clean bench
 
 # The venv is rebuilt when the project's dependencies change.
 $(BIN)/.installed: pyproject.toml
@@ -33,6 +33,11 @@ check: lint typecheck test
 # Regenerate openapi.yaml from the code (a test fails when they drift).
 openapi: $(BIN)/.installed
 	$(BIN)/flask --app referral openapi write --format=yaml openapi.yaml
+
+# Benchmarks, not tests (docs/performance.md): needs wrk (apt-get install wrk) and Redis.
+# E.g. BENCH_ARGS="--quick", "--sizes 100,10000", "--database-url postgresql+psycopg://...".
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 seed: $(BIN)/.installed
 	$(BIN)/referral seed

@@ -132,6 +132,7 @@ class _Strings:
     def __getitem__(self, index: int) -> str:
         return self._text[self._offsets[index] : self._offsets[index + 1]]
 
+    # bisect works on anything with __len__ and __getitem__: no list of the strings is made.
     def find(self, item: str) -> int | None:
         """The index of ``item`` in this (sorted) table, or None."""
         at = bisect_left(self, item)
@@ -202,6 +203,10 @@ class Gazetteer:
             zip=match.group(1),
             time_zone=self._zones[t["zip_zone"][at]],
         )
+
+    def zip_codes(self) -> list[str]:
+        """Every ZIP it knows, ascending (synthetic data for benchmarks draws from them)."""
+        return [f"{number:05d}" for number in self._t["zip_code"]]
 
     def city_place(self, city: str, state: str) -> Place | None:
         state = state.strip().upper()

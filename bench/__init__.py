@@ -1,0 +1,1 @@
+"""Benchmarks of the referral service (not part of the test suite): see bench/README.md."""
