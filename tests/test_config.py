@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from referral import create_app
 from referral.db import get_database
+from tests.conftest import REPO_ROOT
 
 
 def test_default_database_is_a_sqlite_file_in_the_instance_folder(monkeypatch):
@@ -51,3 +53,86 @@ def test_postgres_url_works_the_same(app, backend):
     # The same app code runs on either database; here we just check which one this run uses.
     dialect = get_database(app).engine.dialect.name
     assert dialect == ("sqlite" if backend == "sqlite" else "postgresql")
+
+
+# --- server settings, the container files --------------------------------------------------
+
+
+def test_server_settings_come_from_the_environment():
+    from referral.config import SERVER_DEFAULTS, server_settings
+
+    assert server_settings({}) == SERVER_DEFAULTS
+    settings = server_settings(
+        {"REFERRAL_WORKERS": "5", "REFERRAL_THREADS": "1", "REFERRAL_BIND": "0.0.0.0:9000"}
+    )
+    assert (settings["WORKERS"], settings["THREADS"], settings["BIND"]) == (5, 1, "0.0.0.0:9000")
+    bad_values = {"REFERRAL_WORKERS": "0", "REFERRAL_THREADS": "many", "REFERRAL_TIMEOUT": "-1"}
+    for bad in ({name: value} for name, value in bad_values.items()):
+        with pytest.raises(ValueError, match="REFERRAL_"):
+            server_settings(bad)
+
+
+def test_gunicorn_config_reads_the_settings(monkeypatch):
+    import importlib
+
+    import referral.ops.gunicorn_config as gunicorn_config
+
+    monkeypatch.setenv("REFERRAL_WORKERS", "7")
+    monkeypatch.setenv("REFERRAL_GRACEFUL_TIMEOUT", "12")
+    try:
+        loaded = importlib.reload(gunicorn_config)
+        assert (loaded.workers, loaded.graceful_timeout) == (7, 12)
+        assert loaded.logger_class == "referral.ops.logs.GunicornJsonLogger"
+        assert loaded.accesslog == "-"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(gunicorn_config)
+
+
+def test_every_setting_is_listed_with_its_default(monkeypatch):
+    for name in ("RATELIMIT_STORAGE_URI", "RATELIMIT_PUBLIC", "RATELIMIT_REFERRALS"):
+        monkeypatch.delenv(f"REFERRAL_{name}", raising=False)
+    config = create_app().config
+    assert config["RATELIMIT_STORAGE_URI"] == "memory://"
+    assert config["RATELIMIT_ENABLED"] is True
+    assert config["TRUSTED_PROXIES"] == 0
+    monkeypatch.setenv("REFERRAL_RATELIMIT_PUBLIC", "5 per second")
+    monkeypatch.setenv("REFERRAL_RATELIMIT_ENABLED", "false")
+    config = create_app().config
+    assert config["RATELIMIT_PUBLIC"] == "5 per second"
+    assert config["RATELIMIT_ENABLED"] is False
+
+
+def test_docker_compose_sets_only_known_settings():
+    import yaml
+
+    from referral.config import default_settings
+
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    assert {"app", "postgres", "redis"} <= set(services)
+    known = set(default_settings("/instance"))
+    environment = services["app"]["environment"]
+    names = [name for name in environment if name.startswith("REFERRAL_")]
+    assert names and set(environment) == set(names)
+    unknown = {name for name in names if name.removeprefix("REFERRAL_") not in known}
+    assert not unknown, f"docker-compose.yml sets settings config.py does not have: {unknown}"
+    assert environment["REFERRAL_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert environment["REFERRAL_RATELIMIT_STORAGE_URI"].startswith("redis://redis:")
+    for dependency in ("postgres", "redis"):
+        assert services["app"]["depends_on"][dependency] == {"condition": "service_healthy"}
+        assert services[dependency]["healthcheck"]["test"]
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_health_check():
+    text = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines()]
+    assert sum(line.startswith("FROM ") for line in lines) >= 2
+    assert any(line.startswith("COPY --from=build") for line in lines)
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    # The slim image has no curl: Python asks /healthz.
+    health_check = " ".join(text[text.index("\nHEALTHCHECK ") :].splitlines()[1:3])
+    assert '"python"' in health_check and "/healthz" in health_check, health_check
+    entrypoint = (REPO_ROOT / "docker" / "entrypoint.sh").read_text(encoding="utf-8")
+    assert entrypoint.index("referral db upgrade") < entrypoint.index("exec referral serve")

@@ -61,10 +61,17 @@ def on_starting(server: _Any) -> None:
 
 
 def child_exit(server: _Any, worker: _Any) -> None:
-    # A dead worker's counters stay (they are totals); its live gauges, if any, go.
+    # A dead worker's counters stay (they are totals); its live gauges, if any, go. Never
+    # let bookkeeping fail the master.
+    directory = _os.environ.get(_MULTIPROC_ENV)
+    if not directory:
+        return
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    try:
+        multiprocess.mark_process_dead(worker.pid, directory)
+    except OSError as exc:
+        server.log.warning("metrics: could not clean up after worker %s: %s", worker.pid, exc)
 
 
 def on_exit(server: _Any) -> None:

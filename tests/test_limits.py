@@ -1,0 +1,293 @@
+"""Rate limits: per client IP on the public directory (tighter for address searches), per API
+key on referral intake, 429 problem+json with Retry-After, documented in the spec; shared
+across gunicorn workers through Redis (REFERRAL_TEST_REDIS_URL), per process with memory://.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlmodel import Session
+
+from referral.auth.keys import create_key
+from referral.db import get_database
+from referral.ops.limits import RATE_LIMITED_RESPONSE, limited_operations
+from tests.conftest import build_app, skip_or_fail
+from tests.helpers import assert_problem, auth
+from tests.live import serve
+from tests.test_ops import fetch, log_lines
+
+REDIS_ENV = "REFERRAL_TEST_REDIS_URL"
+BODY: dict[str, Any] = {"origin": {"zip": "55413"}, "concerns": ["running_low_back_pain"]}
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    url = os.environ.get(REDIS_ENV)
+    if not url:
+        skip_or_fail(f"Redis tests skipped: set {REDIS_ENV} (e.g. redis://127.0.0.1:6379/0)")
+    assert url is not None
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        skip_or_fail(f"Redis tests skipped: cannot reach {REDIS_ENV}: {exc}")
+    client.close()
+    yield url
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A prefix of our own in the shared Redis; its keys are removed afterwards."""
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for name in client.scan_iter(match=f"*{prefix}*"):
+        client.delete(name)
+    client.close()
+
+
+def assert_rate_limited(response: Any) -> dict[str, Any]:
+    body = assert_problem(response, 429)
+    retry_after = response.headers["Retry-After"]
+    assert retry_after.isdigit() and int(retry_after) >= 1, retry_after
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    return body
+
+
+def make_keys(app: Any, *names: str) -> dict[str, tuple[int, str]]:
+    made = {}
+    with Session(get_database(app).engine) as session:
+        for name in names:
+            row, key = create_key(session, name=name, scopes=["referrals:write"])
+            session.flush()
+            assert row.id is not None
+            made[name] = (row.id, key)
+        session.commit()
+    return made
+
+
+# --- in one process --------------------------------------------------------------------------
+
+
+def test_public_reads_are_limited_per_client_ip(app, client):
+    app.config["RATELIMIT_PUBLIC"] = "3 per hour"
+    # One allowance over every public read, whichever endpoint.
+    for path in ("/v1/specialties", "/v1/concerns", "/v1/locations/nearest?zip=78201"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["X-RateLimit-Limit"] == "3"
+    body = assert_rate_limited(client.get("/v1/clinics"))
+    assert "3 per hour" in body["detail"]
+    assert_rate_limited(client.get("/v1/clinics.csv"))
+    other = client.get("/v1/clinics", environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert other.status_code == 200
+    # Probes and the docs are never limited.
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_address_searches_have_their_own_tighter_limit(app, client):
+    app.config["RATELIMIT_GEOCODE"] = "2 per hour"
+    search = "/v1/locations/nearest?address=100+Main+St,+San+Antonio,+TX+78201"
+    for _ in range(2):
+        assert client.get(search).status_code != 429
+    body = assert_rate_limited(client.get(search))
+    assert "address searches" in body["detail"]
+    # Searches by zip still go through: the public allowance is not spent.
+    assert client.get("/v1/locations/nearest?zip=78201").status_code == 200
+
+
+def test_referral_intake_is_limited_per_api_key_not_per_ip(app, client):
+    app.config["RATELIMIT_REFERRALS"] = "2 per hour"
+    app.config["RATELIMIT_PUBLIC"] = "1 per hour"
+    keys = make_keys(app, "app-a", "app-b")
+    _, key_a = keys["app-a"]
+    _, key_b = keys["app-b"]
+    # The IP's public allowance runs out; intake is not affected by it, nor it by intake.
+    assert client.get("/v1/specialties").status_code == 200
+    assert_rate_limited(client.get("/v1/specialties"))
+    for _ in range(2):
+        assert client.post("/v1/referrals", json=BODY, headers=auth(key_a)).status_code == 201
+    body = assert_rate_limited(client.post("/v1/referrals", json=BODY, headers=auth(key_a)))
+    assert "API key" in body["detail"]
+    # Another key from the same address has its own allowance.
+    assert client.post("/v1/referrals", json=BODY, headers=auth(key_b)).status_code == 201
+    # Reading with the limited key is not intake.
+    assert client.get("/v1/referrals", headers=auth(key_a)).status_code == 200
+
+
+def test_a_wrong_secret_cannot_spend_someone_elses_allowance(app, client):
+    app.config["RATELIMIT_REFERRALS"] = "2 per hour"
+    (_, key) = make_keys(app, "victim")["victim"]
+    prefix, key_id, secret = key.split("_", 2)
+    forged = f"{prefix}_{key_id}_{'A' * len(secret)}"
+    for _ in range(5):
+        assert client.post("/v1/referrals", json=BODY, headers=auth(forged)).status_code == 401
+    for _ in range(2):
+        assert client.post("/v1/referrals", json=BODY, headers=auth(key)).status_code == 201
+
+
+def test_invalid_bodies_count_too(app, client):
+    # Counted before the body is read: a key cannot flood with bad requests either.
+    app.config["RATELIMIT_REFERRALS"] = "2 per hour"
+    (_, key) = make_keys(app, "sloppy")["sloppy"]
+    for _ in range(2):
+        assert client.post("/v1/referrals", json={}, headers=auth(key)).status_code == 422
+    assert_rate_limited(client.post("/v1/referrals", json=BODY, headers=auth(key)))
+
+
+def test_limits_can_be_switched_off(database_url):
+    app = build_app(database_url, RATELIMIT_ENABLED=False, RATELIMIT_PUBLIC="1 per hour")
+    client = app.test_client()
+    for _ in range(3):
+        response = client.get("/v1/specialties")
+        assert response.status_code == 200
+        assert "X-RateLimit-Limit" not in response.headers
+    get_database(app).dispose()
+
+
+@pytest.mark.parametrize("trusted", [0, 1])
+def test_client_ip_behind_trusted_proxies(database_url, trusted):
+    app = build_app(database_url, TRUSTED_PROXIES=trusted, RATELIMIT_PUBLIC="1 per hour")
+    client = app.test_client()
+
+    def read(forwarded_for: str) -> int:
+        headers = {"X-Forwarded-For": forwarded_for}
+        return int(client.get("/v1/specialties", headers=headers).status_code)
+
+    assert read("198.51.100.1") == 200
+    # Trusting one proxy, another client has its own allowance; trusting none, the header is
+    # the client's own word and changes nothing.
+    assert read("198.51.100.2") == (200 if trusted else 429)
+    assert read("198.51.100.1") == 429
+    get_database(app).dispose()
+
+
+def test_limited_operations_document_429(app):
+    spec = app.extensions["referral_api"].spec.to_dict()
+    operations = set(limited_operations(app))
+    assert {
+        ("/v1/locations/nearest", "get"),
+        ("/v1/clinics", "get"),
+        ("/v1/clinics/{clinic_id}", "get"),
+        ("/v1/specialties", "get"),
+        ("/v1/concerns", "get"),
+        ("/v1/referrals", "post"),
+    } <= operations
+    assert ("/v1/clinics", "post") not in operations
+    for path, method in operations:
+        responses = spec["paths"][path][method]["responses"]
+        assert responses["429"] == {"$ref": f"#/components/responses/{RATE_LIMITED_RESPONSE}"}
+    documented = spec["components"]["responses"][RATE_LIMITED_RESPONSE]
+    assert list(documented["content"]) == ["application/problem+json"]
+    assert "Retry-After" in documented["headers"]
+    assert "429" not in spec["paths"]["/v1/referrals"]["get"]["responses"]
+
+
+def test_limit_keys_in_redis_name_no_key_or_token(database_url, redis_url, key_prefix):
+    app = build_app(
+        database_url,
+        RATELIMIT_STORAGE_URI=redis_url,
+        RATELIMIT_KEY_PREFIX=key_prefix,
+        RATELIMIT_REFERRALS="5 per hour",
+    )
+    client = app.test_client()
+    row_id, key = make_keys(app, "redis-app")["redis-app"]
+    assert client.post("/v1/referrals", json=BODY, headers=auth(key)).status_code == 201
+    assert client.get("/v1/specialties").status_code == 200
+    import redis
+
+    store = redis.Redis.from_url(redis_url)
+    names = [name.decode() for name in store.scan_iter(match=f"*{key_prefix}*")]
+    store.close()
+    get_database(app).dispose()
+    assert any(f"/key:{row_id}/" in name for name in names), names
+    assert any("/127.0.0.1/" in name for name in names), names
+    _, key_id, secret = key.split("_", 2)
+    for name in names:
+        assert key_id not in name and secret not in name and key not in name, name
+
+
+# --- live: two gunicorn workers ---------------------------------------------------------------
+
+# Each worker is replaced after 4 requests, so 24 requests meet at least 6 processes: a limit
+# of 10 holds only if every process counts in the same place.
+RECYCLE = ["--max-requests", "4", "--max-requests-jitter", "0"]
+
+
+def statuses_from_many_processes(served: Any, count: int, path: str, **request: Any) -> list[int]:
+    replies = [fetch(f"{served.base}{path}", **request) for _ in range(count)]
+    for reply in replies:
+        if reply.status == 429:
+            assert reply.headers["Content-Type"].startswith("application/problem+json")
+            assert int(reply.headers["Retry-After"]) >= 1
+    return [reply.status for reply in replies]
+
+
+def served_by(served: Any, route: str) -> set[int]:
+    return {
+        entry["pid"]
+        for entry in log_lines(served.output())
+        if entry["logger"] == "gunicorn.access" and entry["route"] == route
+    }
+
+
+def test_public_limit_holds_across_workers_with_redis(
+    database_url, tmp_path, redis_url, key_prefix
+):
+    env = {
+        "REFERRAL_RATELIMIT_STORAGE_URI": redis_url,
+        "REFERRAL_RATELIMIT_KEY_PREFIX": key_prefix,
+        "REFERRAL_RATELIMIT_PUBLIC": "10 per hour",
+    }
+    with serve(
+        database_url, tmp_path, workers=2, env=env, extra_args=RECYCLE, ready_path="/healthz"
+    ) as served:
+        statuses = statuses_from_many_processes(served, 24, "/v1/specialties")
+    why = served.explain(statuses)
+    assert len(served_by(served, "/v1/specialties")) >= 6, why
+    assert statuses == [200] * 10 + [429] * 14, why
+
+
+def test_intake_limit_holds_across_workers_with_redis(
+    database_url, tmp_path, redis_url, key_prefix
+):
+    app = build_app(database_url)
+    (_, key) = make_keys(app, "busy-app")["busy-app"]
+    get_database(app).dispose()
+    env = {
+        "REFERRAL_RATELIMIT_STORAGE_URI": redis_url,
+        "REFERRAL_RATELIMIT_KEY_PREFIX": key_prefix,
+        "REFERRAL_RATELIMIT_REFERRALS": "10 per hour",
+    }
+    with serve(
+        database_url, tmp_path, workers=2, env=env, extra_args=RECYCLE, ready_path="/healthz"
+    ) as served:
+        statuses = statuses_from_many_processes(
+            served, 24, "/v1/referrals", data=BODY, headers=auth(key)
+        )
+    why = served.explain(statuses)
+    assert len(served_by(served, "/v1/referrals")) >= 6, why
+    assert statuses == [201] * 10 + [429] * 14, why
+
+
+def test_memory_storage_counts_per_process(database_url, tmp_path):
+    """Why Redis is needed: with memory:// every process allows the whole limit."""
+    env = {
+        "REFERRAL_RATELIMIT_STORAGE_URI": "memory://",
+        "REFERRAL_RATELIMIT_PUBLIC": "10 per hour",
+    }
+    with serve(
+        database_url, tmp_path, workers=2, env=env, extra_args=RECYCLE, ready_path="/healthz"
+    ) as served:
+        statuses = statuses_from_many_processes(served, 24, "/v1/specialties")
+    assert statuses.count(200) > 10, served.explain(statuses)

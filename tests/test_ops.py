@@ -1,0 +1,402 @@
+"""Operations: /healthz, /readyz, /metrics (summed over gunicorn workers), X-Request-ID, and
+JSON logs that never carry query strings, bodies or keys. Live tests run a real gunicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from alembic.script import ScriptDirectory
+from prometheus_client.parser import text_string_to_metric_families
+from sqlmodel import Session
+
+from referral.auth.keys import create_key
+from referral.db import get_database
+from referral.migrations import runner as migrations
+from tests.conftest import REPO_ROOT, build_app
+from tests.helpers import assert_problem, auth
+from tests.live import OPENER, free_port, serve, wait_for
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples called ``name`` in a Prometheus text page, by their sorted labels."""
+    found: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def requests_counted(text: str, **labels: str) -> float:
+    total = 0.0
+    for key, value in samples(text, "referral_http_requests_total").items():
+        if all(dict(key).get(name) == wanted for name, wanted in labels.items()):
+            total += value
+    return total
+
+
+# --- health and readiness --------------------------------------------------------------------
+
+
+def test_healthz_answers_without_a_database(tmp_path):
+    # Nothing listens on port 1: the database is unreachable, the process is alive.
+    app = create_unreachable_app()
+    client = app.test_client()
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+    assert response.headers["Cache-Control"] == "no-store"
+    not_ready = client.get("/readyz")
+    body = assert_problem(not_ready, 503)
+    assert body["detail"] == "the database is unreachable"
+    assert not_ready.headers["Retry-After"] == "5"
+    get_database(app).dispose()
+
+
+def create_unreachable_app() -> Any:
+    return build_app("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
+
+
+def test_readyz_is_ready_at_head(app, client):
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json() == {"status": "ready", "migration": migrations.head_revision(app)}
+
+
+def test_readyz_refuses_a_database_at_an_older_migration(empty_database_url):
+    app = build_app(empty_database_url)
+    head = migrations.head_revision(app)
+    assert head is not None
+    previous = ScriptDirectory.from_config(migrations.alembic_config(app)).get_revision(head)
+    assert previous is not None and isinstance(previous.down_revision, str)
+    migrations.upgrade(app, previous.down_revision)
+    client = app.test_client()
+    body = assert_problem(client.get("/readyz"), 503)
+    assert previous.down_revision in body["detail"] and head in body["detail"]
+    assert "referral db upgrade" in body["detail"]
+    migrations.upgrade(app)
+    assert client.get("/readyz").status_code == 200
+    get_database(app).dispose()
+
+
+def test_readyz_refuses_an_empty_database(empty_database_url):
+    app = build_app(empty_database_url)
+    body = assert_problem(app.test_client().get("/readyz"), 503)
+    assert "(none)" in body["detail"]
+    get_database(app).dispose()
+
+
+def test_probes_are_not_public_api(app, client):
+    spec = app.extensions["referral_api"].spec.to_dict()
+    assert not {"/healthz", "/readyz", "/metrics"} & set(spec["paths"])
+    for path in ("/healthz", "/readyz", "/metrics"):
+        response = client.get(path, headers={"Origin": "https://clinic.example"})
+        assert "Access-Control-Allow-Origin" not in response.headers, path
+
+
+# --- request ids -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "presented",
+    ["abc", "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9", "trace:span.1_2-3", "x" * 128],
+)
+def test_a_sane_request_id_is_echoed(client, presented):
+    response = client.get("/v1/specialties", headers={"X-Request-ID": presented})
+    assert response.headers["X-Request-ID"] == presented
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "",
+        "x" * 129,
+        "two words",
+        'quote"d',
+        "semi;colon",
+        "<script>",
+        "123 Main St, Springfield",
+        "caf\u00e9",
+        "new\\nline",
+    ],
+)
+def test_a_hostile_request_id_is_replaced(client, presented):
+    response = client.get("/v1/specialties", headers={"X-Request-ID": presented})
+    echoed = response.headers["X-Request-ID"]
+    assert echoed != presented
+    assert UUID_RE.fullmatch(echoed), echoed
+
+
+def test_a_request_id_is_made_for_every_answer(client):
+    seen = set()
+    for path in ("/v1/specialties", "/healthz", "/no/such/page", "/v1/clinics?page=1%00"):
+        response = client.get(path)
+        assert UUID_RE.fullmatch(response.headers["X-Request-ID"]), path
+        seen.add(response.headers["X-Request-ID"])
+    assert len(seen) == 4
+    refused = client.get("/v1/clinics", query_string={"city": "a\x00b"})
+    assert refused.status_code == 422
+    assert UUID_RE.fullmatch(refused.headers["X-Request-ID"])
+
+
+# --- metrics in one process ------------------------------------------------------------------
+
+
+def test_metrics_count_by_endpoint_never_by_path_or_query(client):
+    before = client.get("/metrics").get_data(as_text=True)
+    for _ in range(3):
+        assert client.get("/v1/locations/nearest?zip=78201&limit=2").status_code == 200
+    assert client.get("/v1/locations/nearest?zip=00000").status_code == 422
+    assert client.get("/v1/clinics/99999").status_code == 404
+    assert client.get("/nowhere-55413").status_code == 404
+    assert client.open("/v1/specialties", method="BREW").status_code == 405
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    after = response.get_data(as_text=True)
+
+    def delta(**labels: str) -> float:
+        return requests_counted(after, **labels) - requests_counted(before, **labels)
+
+    nearest = "locations.NearestLocations"
+    assert delta(endpoint=nearest, method="GET", status="200") == 3
+    assert delta(endpoint=nearest, method="GET", status="422") == 1
+    assert delta(endpoint="clinics.ClinicById", status="404") == 1
+    assert delta(endpoint="unmatched", status="404") == 1
+    assert delta(endpoint="unmatched", method="OTHER", status="405") == 1
+    latency = samples(after, "referral_http_request_duration_seconds_count")
+    assert latency[(("endpoint", nearest), ("method", "GET"))] >= 4
+    label_values = {
+        value
+        for family in text_string_to_metric_families(after)
+        for sample in family.samples
+        for value in sample.labels.values()
+    }
+    for leaked in ("78201", "00000", "99999", "55413", "nowhere", "BREW", "?"):
+        assert not any(leaked in value for value in label_values), leaked
+
+
+def test_metrics_count_referrals_created(app, client):
+    with Session(get_database(app).engine) as session:
+        _, key = create_key(session, name="metrics-app", scopes=["referrals:write"])
+        session.commit()
+    body = {"origin": {"zip": "55413"}, "concerns": ["running_low_back_pain"]}
+
+    def created() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        return samples(text, "referral_referrals_created_total")[()]
+
+    before = created()
+    first = client.post("/v1/referrals", json=body, headers=auth(key, **{"Idempotency-Key": "a"}))
+    assert first.status_code == 201
+    replay = client.post("/v1/referrals", json=body, headers=auth(key, **{"Idempotency-Key": "a"}))
+    assert replay.status_code == 201 and replay.get_json()["replayed"] is True
+    assert client.post("/v1/referrals", json={}, headers=auth(key)).status_code == 422
+    assert created() - before == 1  # the replay and the refusal created nothing
+
+
+def test_metrics_token_is_required_when_set(app, client):
+    app.config["METRICS_TOKEN"] = "s3cret-metrics-token"
+    body = assert_problem(client.get("/metrics"), 401)
+    assert "METRICS_TOKEN" in body["detail"]
+    assert client.get("/metrics").headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/metrics", headers=auth("wrong")).status_code == 401
+    ok = client.get("/metrics", headers=auth("s3cret-metrics-token"))
+    assert ok.status_code == 200
+    assert "referral_http_requests_total" in ok.get_data(as_text=True)
+
+
+# --- live: gunicorn workers, metrics across them, JSON logs ----------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def fetch(url: str, *, data: Any = None, headers: dict[str, str] | None = None) -> Reply:
+    payload = json.dumps(data).encode() if data is not None else None
+    request = urllib.request.Request(url, data=payload, headers=headers or {})
+    if payload is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with OPENER.open(request, timeout=30) as response:
+            return Reply(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return Reply(exc.code, dict(exc.headers), exc.read())
+
+
+def log_lines(output: str) -> list[dict[str, Any]]:
+    """Every line of the server's output, parsed: each must be one JSON object."""
+    parsed = []
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        assert isinstance(entry, dict), line
+        assert {"ts", "level", "logger", "msg", "pid"} <= set(entry), line
+        parsed.append(entry)
+    return parsed
+
+
+def test_metrics_add_up_every_worker_process(database_url, tmp_path):
+    # Each worker is replaced after 4 requests, so 30 requests are answered by at least 8
+    # processes: only counts summed over every process (dead ones too) can say 30.
+    recycle = ["--max-requests", "4", "--max-requests-jitter", "0"]
+    with serve(
+        database_url, tmp_path, workers=2, extra_args=recycle, ready_path="/healthz"
+    ) as served:
+        for _ in range(30):
+            assert fetch(f"{served.base}/v1/specialties").status == 200
+        text = fetch(f"{served.base}/metrics").body.decode()
+        pids = {
+            entry["pid"]
+            for entry in log_lines(served.output())
+            if entry["logger"] == "gunicorn.access" and entry["route"] == "/v1/specialties"
+        }
+    why = served.explain(text)
+    assert len(pids) >= 8, why
+    assert requests_counted(text, endpoint="specialties.Specialties", status="200") == 30, why
+    output = served.output()
+    assert "Traceback" not in output and '"level": "ERROR"' not in output, output
+    # The server's own metrics directory is gone with it.
+    made = re.search(r'"msg": "metrics directory ([^"]+)"', output)
+    assert made is not None, output
+    assert not Path(made.group(1)).exists()
+
+
+def test_json_logs_carry_request_ids_but_no_query_body_or_key(database_url, tmp_path):
+    app = build_app(database_url)
+    with Session(get_database(app).engine) as session:
+        _, key = create_key(session, name="log-check", scopes=["referrals:write"])
+        session.commit()
+    get_database(app).dispose()
+    secret_address = "742 Evergreen Terrace, Springfield"
+    patient_ref = "patient-ref-4f1c9a"
+    env = {"REFERRAL_RATELIMIT_GEOCODE": "1 per hour"}
+    with serve(database_url, tmp_path, workers=2, env=env, ready_path="/healthz") as served:
+        nearest = f"{served.base}/v1/locations/nearest?address={quote(secret_address)}&limit=1"
+        first = fetch(nearest, headers={"X-Request-ID": "trace-nearest-1"})
+        limited = fetch(nearest, headers={"X-Request-ID": "trace-nearest-2"})
+        referral = fetch(
+            f"{served.base}/v1/referrals",
+            data={
+                "origin": {"zip": "55413"},
+                "concerns": ["running_low_back_pain"],
+                "patient_ref": patient_ref,
+            },
+            headers={**auth(key), "X-Request-ID": "trace-referral-1"},
+        )
+        hostile = fetch(f"{served.base}/v1/specialties", headers={"X-Request-ID": "a b"})
+    output = served.output()
+    why = served.explain("")
+    assert first.headers["X-Request-ID"] == "trace-nearest-1"
+    assert limited.status == 429 and limited.headers["X-Request-ID"] == "trace-nearest-2"
+    assert referral.status == 201, referral.body
+    entries = log_lines(output)
+    access = {e["request_id"]: e for e in entries if e["logger"] == "gunicorn.access"}
+    line = access["trace-nearest-1"]
+    assert line["method"] == "GET" and line["route"] == "/v1/locations/nearest", line
+    assert line["path"] == "/v1/locations/nearest", line
+    assert line["status"] == first.status and isinstance(line["duration_ms"], float), line
+    assert access["trace-nearest-2"]["status"] == 429
+    assert access["trace-referral-1"]["status"] == 201
+    assert access["trace-referral-1"]["route"] == "/v1/referrals"
+    hostile_id = hostile.headers["X-Request-ID"]
+    assert UUID_RE.fullmatch(hostile_id) and access[hostile_id]["status"] == 200
+    # App lines logged during a request carry its id (here: Flask-Limiter's refusal).
+    refusal = [e for e in entries if e["logger"] == "flask-limiter"]
+    assert refusal and all(e.get("request_id") == "trace-nearest-2" for e in refusal), why
+    for leaked in (
+        "Evergreen",
+        quote(secret_address),
+        "address=",
+        patient_ref,
+        key,
+        key.split("_", 2)[2],
+        "running_low_back_pain",
+    ):
+        assert leaked not in output, (leaked, why)
+    assert not any("?" in str(e.get("path")) for e in access.values()), why
+
+
+def test_serve_takes_workers_and_bind_from_settings(database_url, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "REFERRAL_DATABASE_URL": database_url,
+        "REFERRAL_WORKERS": "3",
+        "REFERRAL_THREADS": "2",
+        "REFERRAL_BIND": f"127.0.0.1:{port}",
+    }
+    script = Path(sys.executable).parent / "referral"
+    log = tmp_path / "server.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(script), "serve"], cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz", process)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    entries = log_lines(log.read_text())
+    booted = [e for e in entries if e["msg"].startswith("Booting worker")]
+    assert len(booted) == 3, entries
+    assert any(e["msg"] == "Using worker: gthread" for e in entries), entries
+    assert process.returncode == 0
+
+
+def test_container_entrypoint_migrates_seeds_and_serves(empty_database_url, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "REFERRAL_DATABASE_URL": empty_database_url,
+        "REFERRAL_SEED_ON_START": "true",
+        "REFERRAL_BIND": f"127.0.0.1:{port}",
+        "REFERRAL_WORKERS": "1",
+    }
+    log = tmp_path / "entrypoint.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            ["sh", str(REPO_ROOT / "docker" / "entrypoint.sh")],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # /readyz answers 200 only once the schema is at head.
+        wait_for(f"http://127.0.0.1:{port}/readyz", process, seconds=60)
+        specialties = fetch(f"http://127.0.0.1:{port}/v1/specialties")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert specialties.status == 200 and json.loads(specialties.body), log.read_text()
+    assert process.returncode == 0, log.read_text()
+
+
+def test_a_new_request_id_is_unique():
+    from referral.ops.requestid import accept_or_make
+
+    made = {accept_or_make(None) for _ in range(100)}
+    assert len(made) == 100
+    assert accept_or_make(str(uuid.UUID(int=7))) == str(uuid.UUID(int=7))
