@@ -1,0 +1,396 @@
+"""The nearest index against brute force: random directories (clusters, duplicates, the
+antimeridian, the poles, sparse specialties, unknown facts), every filter, ties by id; the
+sphere-to-ellipsoid bound it relies on; compiled opening hours against hours.is_open."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from referral.directory.facts import NO_FACTS, FactFilter
+from referral.directory.hours import is_open
+from referral.directory.spatial_index import (
+    MAX_KM_PER_RADIAN,
+    MIN_KM_PER_RADIAN,
+    DirectoryIndex,
+    IndexBuilder,
+    NearestSearch,
+    lower_km,
+    unit_vector,
+    upper_km,
+)
+from referral.geo.distance import geodesic_km
+
+CODES = ("ortho", "spine", "sports", "pelvic", "rare")
+LANGUAGES = (None, ["en"], ["en", "es"], ["es", "vi"], [])
+ZONES = ("America/Chicago", "America/Los_Angeles", "Pacific/Auckland", "Asia/Kolkata",
+         "Asia/Kathmandu", "UTC", "", "Mars/Olympus_Mons")  # fmt: skip
+SCHEDULES: tuple[dict[str, Any] | None, ...] = (
+    None,
+    {},
+    {day: [["08:00", "17:00"]] for day in ("mon", "tue", "wed", "thu", "fri")},
+    {"sat": [["09:00", "12:00"], ["13:00", "24:00"]], "sun": [["00:00", "24:00"]]},
+    {day: [["00:00", "24:00"]] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")},
+)
+
+
+CHRISTMAS = [{"date": "2026-12-25", "closed": True}]
+
+
+@dataclass(frozen=True)
+class Rec:
+    """A location as the brute force sees it (the attributes FactFilter.unknowns reads)."""
+
+    id: int
+    lat: float
+    lon: float
+    specialties: frozenset[str]
+    accepting_new_patients: bool | None = None
+    telehealth: bool | None = None
+    languages: list[str] | None = None
+    opening_hours: dict[str, Any] | None = None
+    hours_exceptions: list[dict[str, Any]] | None = None
+    time_zone: str | None = None
+
+
+@dataclass
+class Answer:
+    hits: list[tuple[float, int]]
+    outside: tuple[float, int] | None
+    excluded: dict[str, int] = field(default_factory=dict)
+
+
+def brute_force(
+    recs: list[Rec],
+    distances: dict[int, float],
+    specialties: frozenset[str],
+    radius_km: float | None,
+    limit: int,
+    facts: FactFilter,
+) -> Answer:
+    """What find_nearest answered before the index: every location looked at."""
+
+    def ranked(radius: float | None, count: int, excluded: dict[str, int]) -> list[Any]:
+        found = []
+        for rec in recs:
+            if not specialties <= rec.specialties:
+                continue
+            km = distances[rec.id]
+            if radius is not None and km > radius:
+                continue
+            if facts.active:
+                unknown = facts.unknowns(rec)  # type: ignore[arg-type]
+                if unknown is None:
+                    continue
+                if unknown:
+                    for name in unknown:
+                        excluded[name] = excluded.get(name, 0) + 1
+                    continue
+            found.append((km, rec.id))
+        return sorted(found)[:count]
+
+    excluded: dict[str, int] = {}
+    hits = ranked(radius_km, limit, excluded)
+    outside = None
+    if not hits and radius_km is not None:
+        anywhere = ranked(None, 1, {})
+        outside = anywhere[0] if anywhere else None
+    return Answer(hits, outside, excluded)
+
+
+def indexed(
+    index: DirectoryIndex,
+    lat: float,
+    lon: float,
+    specialties: frozenset[str],
+    radius_km: float | None,
+    limit: int,
+    facts: FactFilter,
+) -> Answer:
+    """find_nearest's use of the index, without the database."""
+    codes = sorted(specialties)
+    search = NearestSearch(index, lat, lon, specialties=codes, radius_km=radius_km, facts=facts)
+    hits = [(km, location_id) for km, location_id, _ in search.best(limit)]
+    outside = None
+    if not hits and radius_km is not None:
+        anywhere = NearestSearch(
+            index, lat, lon, specialties=codes, facts=facts, judge=search.judge
+        )
+        found = anywhere.best(1)
+        outside = (found[0][0], found[0][1]) if found else None
+    return Answer(hits, outside, search.excluded_unknown())
+
+
+def build(recs: list[Rec], revision: int = 1) -> DirectoryIndex:
+    builder = IndexBuilder()
+    for rec in recs:
+        builder.add(
+            rec.id,
+            builder.spec_set(rec.specialties),
+            rec.lat,
+            rec.lon,
+            accepting_new_patients=rec.accepting_new_patients,
+            telehealth=rec.telehealth,
+            languages=rec.languages,
+            opening_hours=rec.opening_hours,
+            hours_exceptions=rec.hours_exceptions,
+            time_zone=rec.time_zone,
+        )
+    return builder.finish(revision)
+
+
+# ---- random directories --------------------------------------------------------------------
+
+
+def _wrap(lon: float) -> float:
+    return (lon + 180.0) % 360.0 - 180.0
+
+
+def _place(
+    rng: random.Random, kind: str, centers: list[tuple[float, float]]
+) -> tuple[float, float]:
+    if kind == "global":
+        return math.degrees(math.asin(rng.uniform(-1, 1))), rng.uniform(-180, 180)
+    if kind == "antimeridian":
+        return rng.uniform(-60, 60), _wrap(180 + rng.gauss(0, 2))
+    if kind == "polar":
+        lat = rng.choice([1, -1]) * min(90.0, 90 - abs(rng.gauss(0, 3)))
+        return lat, rng.uniform(-180, 180)
+    lat, lon = rng.choice(centers)  # clusters: a city's worth of points, some a few metres apart
+    spread = rng.choice([0.00001, 0.01, 0.3])
+    return max(-90.0, min(90.0, lat + rng.gauss(0, spread))), _wrap(lon + rng.gauss(0, spread))
+
+
+def random_directory(seed: int, size: int, kind: str, *, facts: bool = True) -> list[Rec]:
+    rng = random.Random(seed)
+    centers = [(rng.uniform(-70, 70), rng.uniform(-180, 180)) for _ in range(rng.randint(1, 6))]
+    ids = rng.sample(range(1, 50 * size + 10), size)
+    shares = {"ortho": 0.7, "spine": 0.4, "sports": 0.2, "pelvic": 0.05}
+    rare = set(rng.sample(range(size), min(size, rng.randint(0, 3))))
+    recs: list[Rec] = []
+    for n, location_id in enumerate(ids):
+        if recs and rng.random() < 0.08:  # an exact duplicate of an earlier point
+            twin = rng.choice(recs)
+            lat, lon = twin.lat, twin.lon
+        else:
+            lat, lon = _place(rng, kind, centers)
+        codes = {code for code, share in shares.items() if rng.random() < share}
+        if n in rare:
+            codes.add("rare")
+        extra: dict[str, Any] = {}
+        if facts:
+            extra = {
+                "accepting_new_patients": rng.choice([None, None, True, False]),
+                "telehealth": rng.choice([None, True, False]),
+                "languages": rng.choice(LANGUAGES),
+                "opening_hours": rng.choice(SCHEDULES),
+                "hours_exceptions": rng.choice(
+                    [None, [], [{"date": "2026-12-25", "closed": True}]]
+                ),
+                "time_zone": rng.choice(ZONES),
+            }
+        recs.append(Rec(location_id, lat, lon, frozenset(codes), **extra))
+    return recs
+
+
+queries = st.fixed_dictionaries(
+    {
+        "specialties": st.sets(st.sampled_from((*CODES, "absent")), max_size=2),
+        "radius_km": st.one_of(st.none(), st.floats(0, 21000), st.sampled_from([0.0, 1.0, 50.0])),
+        "limit": st.integers(0, 12),
+        "facts": st.builds(
+            FactFilter,
+            open_at=st.one_of(
+                st.none(),
+                st.datetimes(
+                    min_value=datetime(2026, 12, 20), max_value=datetime(2026, 12, 31),
+                    timezones=st.just(UTC),
+                ),
+            ),
+            accepting_new_patients=st.one_of(st.none(), st.booleans()),
+            telehealth=st.one_of(st.none(), st.booleans()),
+            language=st.one_of(st.none(), st.sampled_from(["en", "es", "vi", "fr"])),
+        ),
+    }
+)  # fmt: skip
+
+
+def origins(recs: list[Rec], rng: random.Random) -> list[tuple[float, float]]:
+    twin = rng.choice(recs)
+    near = rng.choice(recs)
+    return [
+        (twin.lat, twin.lon),  # on a location (ties with its duplicates)
+        (
+            max(-90.0, min(90.0, near.lat + rng.gauss(0, 0.05))),
+            _wrap(near.lon + rng.gauss(0, 0.05)),
+        ),
+        (rng.choice([90.0, -90.0]), rng.uniform(-180, 180)),  # a pole
+        (rng.uniform(-60, 60), rng.choice([180.0, -180.0])),  # on the antimeridian
+        (math.degrees(math.asin(rng.uniform(-1, 1))), rng.uniform(-180, 180)),
+    ]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    size=st.integers(1, 1500),
+    kind=st.sampled_from(["clusters", "global", "antimeridian", "polar"]),
+    asked=st.lists(queries, min_size=4, max_size=4),
+)
+def test_index_agrees_with_brute_force(seed, size, kind, asked):
+    recs = random_directory(seed, size, kind)
+    index = build(recs)
+    rng = random.Random(seed)
+    for lat, lon in rng.sample(origins(recs, rng), 2):
+        distances = {rec.id: geodesic_km(lat, lon, rec.lat, rec.lon) for rec in recs}
+        for query in asked:
+            spec = frozenset(query["specialties"])
+            args = (spec, query["radius_km"], query["limit"], query["facts"])
+            expected = brute_force(recs, distances, *args)
+            assert indexed(index, lat, lon, *args) == expected, (lat, lon, query)
+
+
+CHRISTMAS_AFTERNOON = datetime(2026, 12, 25, 15, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("kind", ["clusters", "global"])
+def test_thousands_of_locations_many_queries(kind):
+    recs = random_directory(11, 4000, kind)
+    index = build(recs)
+    rng = random.Random(5)
+    for lat, lon in origins(recs, rng)[:3]:
+        distances = {rec.id: geodesic_km(lat, lon, rec.lat, rec.lon) for rec in recs}
+        for spec, radius, limit, facts in [
+            (frozenset(), None, 50, NO_FACTS),
+            (frozenset({"spine", "sports"}), None, 10, NO_FACTS),
+            (frozenset({"rare"}), None, 3, NO_FACTS),
+            (frozenset({"ortho"}), 300.0, 10, FactFilter(telehealth=True)),
+            (
+                frozenset(),
+                2000.0,
+                5,
+                FactFilter(open_at=CHRISTMAS_AFTERNOON, language="es"),
+            ),
+            (frozenset({"pelvic"}), 0.5, 5, FactFilter(accepting_new_patients=True)),
+        ]:
+            expected = brute_force(recs, distances, spec, radius, limit, facts)
+            assert indexed(index, lat, lon, spec, radius, limit, facts) == expected
+
+
+def test_ties_go_to_the_lower_id():
+    # Eight locations on one point, and pairs mirrored across the origin's meridian and parallel
+    # at exactly the same geodesic distance.
+    recs = [Rec(id_, 10.0, 20.0, frozenset({"ortho"})) for id_ in (80, 12, 55, 3, 99, 41, 7, 60)]
+    recs += [Rec(200 + n, 10.0, 20.0 + sign * 0.5, frozenset()) for n, sign in enumerate((1, -1))]
+    recs += [Rec(300 - n, sign * 1.0, 0.0, frozenset()) for n, sign in enumerate((1, -1))]
+    index = build(recs)
+    answer = indexed(index, 10.0, 20.0, frozenset(), None, 9, NO_FACTS)
+    assert [location_id for _, location_id in answer.hits] == [3, 7, 12, 41, 55, 60, 80, 99, 200]
+    assert answer.hits[0][0] == 0.0
+    equator = indexed(index, 0.0, 0.0, frozenset(), None, 2, NO_FACTS)
+    assert [location_id for _, location_id in equator.hits] == [299, 300]
+    assert equator.hits[0][0] == equator.hits[1][0]
+
+
+def test_empty_directory_and_unknown_codes():
+    empty = build([])
+    assert indexed(empty, 0, 0, frozenset(), 10.0, 5, NO_FACTS) == Answer([], None, {})
+    index = build([Rec(1, 0, 0, frozenset({"ortho"}))])
+    assert indexed(index, 0, 0, frozenset({"absent"}), None, 5, NO_FACTS).hits == []
+    assert indexed(index, 0, 0, frozenset({"ortho"}), None, 0, NO_FACTS).hits == []
+
+
+# ---- the bound -----------------------------------------------------------------------------
+
+
+latitudes = st.one_of(
+    st.floats(-90, 90), st.sampled_from([90.0, -90.0, 0.0, 89.999999, -89.999999])
+)
+longitudes = st.one_of(st.floats(-180, 180), st.sampled_from([180.0, -180.0, 0.0]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(lat1=latitudes, lon1=longitudes, lat2=latitudes, lon2=longitudes)
+def test_sphere_bounds_hold_for_geodesics(lat1, lon1, lat2, lon2):
+    a, b = unit_vector(lat1, lon1), unit_vector(lat2, lon2)
+    chord2 = sum((p - q) ** 2 for p, q in zip(a, b, strict=True))
+    km = geodesic_km(lat1, lon1, lat2, lon2)
+    assert lower_km(chord2) <= km <= upper_km(chord2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lat=st.floats(-89.9, 89.9), lon=longitudes, bearing=st.floats(0, 360),
+       km=st.floats(0.0001, 50.0))  # fmt: skip
+def test_sphere_bounds_hold_close_by(lat, lon, bearing, km):
+    from geographiclib.geodesic import Geodesic
+
+    target = Geodesic.WGS84.Direct(lat, lon, bearing, km * 1000)
+    lat2, lon2 = target["lat2"], target["lon2"]
+    a, b = unit_vector(lat, lon), unit_vector(lat2, lon2)
+    chord2 = sum((p - q) ** 2 for p, q in zip(a, b, strict=True))
+    assert lower_km(chord2) <= geodesic_km(lat, lon, lat2, lon2) <= upper_km(chord2)
+
+
+def test_radii_of_curvature_bounds():
+    assert round(MIN_KM_PER_RADIAN, 3) == 6335.439
+    assert round(MAX_KM_PER_RADIAN, 3) == 6399.594
+
+
+# ---- opening hours, compiled ---------------------------------------------------------------
+
+times = st.sampled_from(["00:00", "07:59", "08:00", "12:30", "16:59", "17:00", "23:59", "24:00"])
+intervals = st.lists(st.tuples(times, times), max_size=3).map(
+    lambda pairs: [[a, b] for a, b in pairs]
+)
+schedules = st.dictionaries(
+    st.sampled_from(["mon", "tue", "wed", "thu", "fri", "sat", "sun"]), intervals, max_size=7
+)
+exceptions = st.one_of(
+    st.none(),
+    st.lists(
+        st.fixed_dictionaries(
+            {"date": st.sampled_from(["2026-12-24", "2026-12-25", "2026-12-31", "2026-1-1", 7])},
+            optional={"closed": st.booleans(), "hours": intervals, "note": st.just("holiday")},
+        ),
+        max_size=3,
+    ),
+)
+broken = st.sampled_from([{"mon": [["8:00", "17:00"]]}, {"tue": "all day"}, {"wed": [["09:00"]]}])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    schedule=st.one_of(st.none(), schedules, broken),
+    holidays=exceptions,
+    zone=st.sampled_from(ZONES),
+    when=st.datetimes(
+        min_value=datetime(2026, 12, 23), max_value=datetime(2027, 1, 2), timezones=st.just(UTC)
+    ),
+)
+def test_compiled_hours_judge_as_is_open(schedule, holidays, zone, when):
+    builder = IndexBuilder()
+    builder.add(1, builder.spec_set(()), 0.0, 0.0, opening_hours=schedule,
+                hours_exceptions=holidays, time_zone=zone)  # fmt: skip
+    index = builder.finish(1)
+    profile = index.g_hours[index.all_tree.grp[0]]
+
+    def outcome(judge: Any) -> Any:
+        try:
+            return judge()
+        except Exception as exc:  # malformed hours: both must fail alike
+            return type(exc)
+
+    expected = outcome(lambda: is_open(schedule, holidays, zone, when))
+    assert outcome(lambda: index.open_state(profile, when)) == expected
+    for minutes in (1, 59, 60 * 11):
+        later = when + timedelta(minutes=minutes)
+        assert outcome(lambda later=later: index.open_state(profile, later)) == outcome(
+            lambda later=later: is_open(schedule, holidays, zone, later)
+        )
