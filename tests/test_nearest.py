@@ -9,7 +9,7 @@ from geographiclib.geodesic import Geodesic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import StoredLocation, stored_locations
+from tests.helpers import StoredLocation, auth, stored_locations
 
 KM_PER_MILE = 1.609344
 
@@ -234,3 +234,224 @@ def test_inactive_clinics_and_locations_are_not_answered(app, client):
     assert "Evidence in Motion (EIM)" not in names
     assert names[0] == "Fit for Work"
     assert all(hit["location"]["city"] != "San Antonio" for hit in body["results"][1:])
+
+
+# ---- at scale: the spatial index behind find_nearest ----------------------------------------
+
+
+def read_revision_of(app) -> int:
+    from sqlmodel import Session
+
+    from referral.db import get_database
+    from referral.directory.revision import read_revision
+
+    with Session(get_database(app).engine) as session:
+        return read_revision(session)
+
+
+def import_rows(app, rows: list[dict]) -> None:
+    """Through the bulk import path, as `referral import` does."""
+    import csv
+    import io
+
+    from sqlmodel import Session
+
+    from referral.admin.imports import COLUMNS, Actor, apply_import, plan_import, read_import
+    from referral.db import get_database
+    from referral.geo.chain import get_geocoder
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({name: row.get(name, "") for name in COLUMNS} for row in rows)
+    with app.app_context(), Session(get_database(app).engine) as session:
+        plan = plan_import(
+            session, read_import(buffer.getvalue().encode(), "csv"), get_geocoder(app)
+        )
+        assert plan.errors == []
+        apply_import(session, plan, Actor("test"))
+        session.commit()
+
+
+def synthetic_rows(count: int, seed: int) -> list[dict]:
+    """Clinics clustered around a few cities, some locations on the very same point, a rare
+    specialty on three of them."""
+    import random
+
+    rng = random.Random(seed)
+    cities = [(44.97, -93.26), (29.42, -98.49), (40.71, -74.0), (61.2, -149.9), (21.3, -157.86)]
+    codes = ["orthopedic", "sports", "spine", "running"]
+    rows: list[dict] = []
+    for n in range(count):
+        clinic = n // 2
+        lat, lon = rng.choice(cities)
+        if rows and rng.random() < 0.1:
+            lat, lon = float(rows[-1]["lat"]), float(rows[-1]["lon"])
+        else:
+            lat, lon = lat + rng.gauss(0, 0.3), lon + rng.gauss(0, 0.3)
+        wanted = [code for code in codes if rng.random() < 0.4] + (["vestibular"] if n < 3 else [])
+        rows.append(
+            {
+                "clinic_name": f"Scale Clinic {clinic}",
+                "phone": f"(612) 555-{clinic % 10000:04d}",
+                "address": f"{n} Main St",
+                "city": "Somewhere",
+                "state": "MN",
+                "zip": "55408",
+                "lat": f"{lat:.6f}",
+                "lon": f"{lon:.6f}",
+                "specialties": ";".join(sorted(set(wanted))) if n % 2 == 0 else "",
+            }
+        )
+    # A clinic's specialties come from its first row: keep the second row's the same.
+    for n in range(1, count, 2):
+        rows[n]["specialties"] = rows[n - 1]["specialties"]
+    return rows
+
+
+QUERIES = [
+    {"limit": 50},
+    {"limit": 10, "specialty": "sports"},
+    {"limit": 5, "specialty": ["spine", "running"]},
+    {"limit": 3, "specialty": "vestibular"},
+    {"limit": 20, "radius": 40, "unit": "km"},
+    {"limit": 5, "radius": 5, "unit": "km", "specialty": "running"},
+]
+
+
+def assert_agrees(app, client, lat: float, lon: float) -> None:
+    stored = stored_locations(app)
+    for extra in QUERIES:
+        query = {"lat": lat, "lon": lon, "unit": "km", **extra}
+        body = client.get("/v1/locations/nearest", query_string=query).get_json()
+        codes = extra.get("specialty", [])
+        wanted = frozenset([codes] if isinstance(codes, str) else codes)
+        radius = extra.get("radius")
+        expected = brute_force(stored, lat, lon, specialties=wanted, radius_km=radius)
+        assert_matches(body, expected, extra["limit"])
+        if radius is not None and not expected:
+            anywhere = brute_force(stored, lat, lon, specialties=wanted)
+            assert body["nearest_outside_radius"]["location"]["id"] == anywhere[0][1]
+
+
+ORIGINS = [(44.97, -93.26), (29.5, -98.4), (61.2, -149.9), (21.3, -157.86), (39.0, -100.0)]
+
+
+def test_imported_directory_agrees_with_brute_force_before_and_after_edits(app, client, editor):
+    before = read_revision_of(app)
+    import_rows(app, synthetic_rows(1200, seed=3))
+    assert read_revision_of(app) > before
+    for lat, lon in ORIGINS:
+        assert_agrees(app, client, lat, lon)
+
+    admin = auth(editor["admin"])
+    stored = stored_locations(app)
+    nearest = brute_force(stored, 44.97, -93.26)[0][1]
+    moved = next(location for location in stored if location.id == nearest)
+    url = f"/v1/clinics/{moved.clinic_id}/locations/{moved.id}"
+    etag = client.get(url).headers["ETag"]
+    patched = client.patch(
+        url, json={"lat": 21.31, "lon": -157.85}, headers={**admin, "If-Match": etag}
+    )
+    assert patched.status_code == 200, patched.get_json()
+    gone = brute_force(stored, 29.5, -98.4)[0][1]
+    gone_clinic = next(location.clinic_id for location in stored if location.id == gone)
+    url = f"/v1/clinics/{gone_clinic}/locations/{gone}"
+    assert (
+        client.delete(
+            url, headers={**admin, "If-Match": client.get(url).headers["ETag"]}
+        ).status_code
+        == 204
+    )
+    added = client.post(
+        f"/v1/clinics/{moved.clinic_id}/locations",
+        json={"city": "Kansas City", "state": "MO", "lat": 39.0, "lon": -100.0},
+        headers=admin,
+    )
+    assert added.status_code == 201, added.get_json()
+    clinic_url = f"/v1/clinics/{moved.clinic_id}"
+    etag = client.get(clinic_url).headers["ETag"]
+    respecialized = client.patch(
+        clinic_url,
+        json={"specialties": ["vestibular", "running"]},
+        headers={**admin, "If-Match": etag},
+    )
+    assert respecialized.status_code == 200, respecialized.get_json()
+    for lat, lon in ORIGINS:
+        assert_agrees(app, client, lat, lon)
+    first = client.get("/v1/locations/nearest?lat=39&lon=-100&limit=1").get_json()["results"][0]
+    assert first["location"]["id"] == added.get_json()["id"]
+
+
+def test_edits_bump_the_directory_revision_and_reads_do_not(app, client, editor):
+    start = read_revision_of(app)
+    client.get("/v1/locations/nearest?zip=55413")
+    client.get("/v1/clinics")
+    assert read_revision_of(app) == start
+    clinic_id = client.get("/v1/clinics", query_string={"q": "Shea"}).get_json()[0]["id"]
+    url = f"/v1/clinics/{clinic_id}"
+    etag = client.get(url).headers["ETag"]
+    response = client.patch(
+        url,
+        json={"website": "https://shea.example"},
+        headers={**auth(editor["admin"]), "If-Match": etag},
+    )
+    assert response.status_code == 200
+    assert read_revision_of(app) > start
+
+
+def _raw(app, statement: str, **params) -> None:
+    """A change the index is not told about (no revision bump): as if made while it rebuilt."""
+    from sqlalchemy import text
+
+    from referral.db import get_database
+
+    with get_database(app).engine.begin() as connection:
+        connection.execute(text(statement), params)
+
+
+def test_rows_are_checked_again_while_the_index_is_stale(app, client):
+    first = client.get("/v1/locations/nearest?zip=78201&limit=3").get_json()["results"]
+    gone, moved = first[0]["location"]["id"], first[1]["location"]["id"]
+    _raw(app, "UPDATE location SET active = false WHERE id = :id", id=gone)
+    _raw(app, "UPDATE location SET lat = 29.0, lon = -98.0 WHERE id = :id", id=moved)
+    body = client.get("/v1/locations/nearest?zip=78201&limit=3").get_json()
+    ids = [hit["location"]["id"] for hit in body["results"]]
+    assert gone not in ids
+    origin = body["origin"]
+    for hit in body["results"]:
+        location = hit["location"]
+        exact = Geodesic.WGS84.Inverse(
+            origin["lat"], origin["lon"], location["lat"], location["lon"]
+        )
+        assert hit["distance_km"] == pytest.approx(exact["s12"] / 1000, abs=0.001)
+    distances = [hit["distance_km"] for hit in body["results"]]
+    assert distances == sorted(distances)
+
+
+def test_a_worker_that_did_not_edit_sees_the_change_when_it_checks(database_url):
+    """Two apps on one database stand for two workers: a change made elsewhere (a bumped
+    revision, no local commit) is seen once the check interval allows, not before."""
+    from tests.conftest import build_app
+
+    patient = build_app(database_url, NEAREST_INDEX_CHECK_SECONDS=3600)
+    eager = build_app(database_url, NEAREST_INDEX_CHECK_SECONDS=0)
+    try:
+        query = "/v1/locations/nearest?lat=47.0&lon=-120.0&limit=1"
+        farthest = patient.test_client().get(f"{query[:-1]}50").get_json()["results"][-1]
+        for worker in (patient, eager):
+            first = worker.test_client().get(query).get_json()["results"][0]
+            assert first["location"]["id"] != farthest["location"]["id"]
+        _raw(patient, "UPDATE location SET lat = 47.0, lon = -120.0, city = 'Nowhere' "
+             "WHERE id = :id", id=farthest["location"]["id"])  # fmt: skip
+        _raw(patient, "UPDATE directory_revision SET revision = revision + 1")
+        answer = eager.test_client().get(query).get_json()["results"][0]
+        assert answer["location"]["city"] == "Nowhere"
+        # The patient worker still answers from its index (the row it shows is current, though).
+        stale = patient.test_client().get(query).get_json()["results"][0]
+        assert stale["location"]["city"] != "Nowhere"
+    finally:
+        from referral.db import get_database
+
+        for worker in (patient, eager):
+            get_database(worker).dispose()
