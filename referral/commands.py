@@ -17,8 +17,10 @@ GUNICORN_CONFIG = "referral.ops.gunicorn_config"
 def init_app(app: Flask) -> None:
     from referral.admin.commands import import_command
     from referral.auth.commands import keys
+    from referral.backup import db_backup
     from referral.referrals.commands import referrals
 
+    db.add_command(db_backup)
     for command in (db, seed, serve, keys, referrals, import_command):
         app.cli.add_command(command)
 
