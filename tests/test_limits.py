@@ -145,6 +145,18 @@ def test_invalid_bodies_count_too(app, client):
     assert_rate_limited(client.post("/v1/referrals", json=BODY, headers=auth(key)))
 
 
+def test_an_unreachable_limit_store_falls_back_to_memory(database_url):
+    # Nothing listens on loopback port 1: no request fails for it, and limits still hold
+    # (per process) until the store answers again.
+    app = build_app(
+        database_url, RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0", RATELIMIT_PUBLIC="2 per hour"
+    )
+    client = app.test_client()
+    statuses = [client.get("/v1/specialties").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    get_database(app).dispose()
+
+
 def test_limits_can_be_switched_off(database_url):
     app = build_app(database_url, RATELIMIT_ENABLED=False, RATELIMIT_PUBLIC="1 per hour")
     client = app.test_client()
@@ -219,9 +231,11 @@ def test_limit_keys_in_redis_name_no_key_or_token(database_url, redis_url, key_p
 
 # --- live: two gunicorn workers ---------------------------------------------------------------
 
-# Each worker is replaced after 4 requests, so 24 requests meet at least 6 processes: a limit
-# of 10 holds only if every process counts in the same place.
-RECYCLE = ["--max-requests", "4", "--max-requests-jitter", "0"]
+# Each worker is replaced after 5 requests, so 20 requests meet at least 4 processes: a limit
+# of 8 holds only if every process counts in the same place (with memory:// each process
+# would allow its 5, and all 20 would pass).
+RECYCLE = ["--max-requests", "5", "--max-requests-jitter", "0"]
+REQUESTS = 20
 
 
 def statuses_from_many_processes(served: Any, count: int, path: str, **request: Any) -> list[int]:
@@ -247,15 +261,15 @@ def test_public_limit_holds_across_workers_with_redis(
     env = {
         "REFERRAL_RATELIMIT_STORAGE_URI": redis_url,
         "REFERRAL_RATELIMIT_KEY_PREFIX": key_prefix,
-        "REFERRAL_RATELIMIT_PUBLIC": "10 per hour",
+        "REFERRAL_RATELIMIT_PUBLIC": "8 per hour",
     }
     with serve(
         database_url, tmp_path, workers=2, env=env, extra_args=RECYCLE, ready_path="/healthz"
     ) as served:
-        statuses = statuses_from_many_processes(served, 24, "/v1/specialties")
+        statuses = statuses_from_many_processes(served, REQUESTS, "/v1/specialties")
     why = served.explain(statuses)
-    assert len(served_by(served, "/v1/specialties")) >= 6, why
-    assert statuses == [200] * 10 + [429] * 14, why
+    assert len(served_by(served, "/v1/specialties")) >= 4, why
+    assert statuses == [200] * 8 + [429] * 12, why
 
 
 def test_intake_limit_holds_across_workers_with_redis(
@@ -267,27 +281,27 @@ def test_intake_limit_holds_across_workers_with_redis(
     env = {
         "REFERRAL_RATELIMIT_STORAGE_URI": redis_url,
         "REFERRAL_RATELIMIT_KEY_PREFIX": key_prefix,
-        "REFERRAL_RATELIMIT_REFERRALS": "10 per hour",
+        "REFERRAL_RATELIMIT_REFERRALS": "8 per hour",
     }
     with serve(
         database_url, tmp_path, workers=2, env=env, extra_args=RECYCLE, ready_path="/healthz"
     ) as served:
         statuses = statuses_from_many_processes(
-            served, 24, "/v1/referrals", data=BODY, headers=auth(key)
+            served, REQUESTS, "/v1/referrals", data=BODY, headers=auth(key)
         )
     why = served.explain(statuses)
-    assert len(served_by(served, "/v1/referrals")) >= 6, why
-    assert statuses == [201] * 10 + [429] * 14, why
+    assert len(served_by(served, "/v1/referrals")) >= 4, why
+    assert statuses == [201] * 8 + [429] * 12, why
 
 
 def test_memory_storage_counts_per_process(database_url, tmp_path):
     """Why Redis is needed: with memory:// every process allows the whole limit."""
     env = {
         "REFERRAL_RATELIMIT_STORAGE_URI": "memory://",
-        "REFERRAL_RATELIMIT_PUBLIC": "10 per hour",
+        "REFERRAL_RATELIMIT_PUBLIC": "8 per hour",
     }
     with serve(
         database_url, tmp_path, workers=2, env=env, extra_args=RECYCLE, ready_path="/healthz"
     ) as served:
-        statuses = statuses_from_many_processes(served, 24, "/v1/specialties")
-    assert statuses.count(200) > 10, served.explain(statuses)
+        statuses = statuses_from_many_processes(served, REQUESTS, "/v1/specialties")
+    assert statuses.count(200) > 8, served.explain(statuses)

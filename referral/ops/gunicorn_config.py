@@ -35,6 +35,9 @@ logger_class = "referral.ops.logs.GunicornJsonLogger"
 accesslog = "-"
 errorlog = "-"
 wsgi_app = "referral:create_app()"
+# Recent gunicorn's management socket defaults to one path per user ($HOME/.gunicorn): several
+# servers on a machine would fight over it, and nothing here uses it.
+control_socket_disable = True
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _made_metrics_dir: list[str] = []
