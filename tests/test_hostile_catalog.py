@@ -755,7 +755,9 @@ def test_hostile_request_is_refused_and_changes_nothing(world: World, case: Case
 
 @pytest.fixture(scope="module")
 def live(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serve(world.url, tmp_path_factory.mktemp("catalog-live"), workers=1) as served:
+    # A small import limit, so that an oversized import is cheap to send.
+    env = {"REFERRAL_IMPORT_MAX_BYTES": str(IMPORT_LIMIT)}
+    with serve(world.url, tmp_path_factory.mktemp("catalog-live"), workers=1, env=env) as served:
         yield served
 
 
@@ -815,6 +817,12 @@ class LiveCase:
 
 CT_JSON = b"Content-Type: application/json"
 _PADDED = BODY_TEXT.encode() + b" " * (LIMIT + 4096)
+IMPORT_LIMIT = 4096
+# Whole rows well past the import limit: cut at it, the first rows would import as "valid".
+_IMPORT_CSV = (
+    "clinic_name,phone,website,address,city,state,zip,lat,lon,specialties\n"
+    + "".join(f"Catalog Import {n:04d},,,{n} Main St,Minneapolis,MN,55413,,,\n" for n in range(200))
+).encode()
 
 LIVE_CATALOG = [
     pytest.param(LiveCase(*args), id=args[0])
@@ -825,6 +833,8 @@ LIVE_CATALOG = [
         ("chunked-oversized-valid-prefix", 413, None, [CT_JSON], _PADDED, True),
         ("chunked-oversized-clinic", 413, None, [CT_JSON],
          json.dumps({"name": BIG}).encode(), True, "/v1/clinics", "writer"),
+        ("chunked-oversized-import", 413, None, [b"Content-Type: text/csv"], _IMPORT_CSV, True,
+         "/v1/admin/imports?dry_run=true", "writer"),
         ("chunked-malformed-json", 400, None, [CT_JSON], b"{not json", True),
         ("chunked-wrong-content-type", 415, "Content-Type", [b"Content-Type: text/plain"],
          BODY_TEXT.encode(), True),

@@ -27,7 +27,7 @@ from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
 from referral.auth.models import SCOPE_ADMIN, SCOPE_CLINICS_WRITE, ApiKey
 from referral.db import get_session
 from referral.geo.chain import get_geocoder
-from referral.web.api import Blueprint
+from referral.web.api import Blueprint, read_limited_body
 from referral.web.problems import field_error
 
 DEFAULT_IMPORT_MAX_BYTES = 50 * 1024 * 1024
@@ -52,7 +52,7 @@ def editors_only() -> None:
     limit = import_max_bytes()
     if request.content_length is not None and request.content_length > limit:
         abort(413, message=f"an import may be at most {limit} bytes")
-    # Raised for this endpoint only; a body without Content-Length is cut off at it too.
+    # Raised for this endpoint only; a streamed body past it is a 413 (read_limited_body).
     request.max_content_length = limit
 
 
@@ -183,9 +183,9 @@ def _read_body() -> tuple[bytes, str | None, str]:
         data = upload.read()
         return data, upload.filename, detect_format(upload.filename, upload.mimetype, data)
     if mimetype in CSV_MEDIA_TYPES:
-        return request.get_data(), None, "csv"
+        return read_limited_body(request), None, "csv"
     if mimetype == "application/json" or mimetype.endswith("+json"):
-        return request.get_data(), None, "json"
+        return read_limited_body(request), None, "json"
     abort(
         415,
         message="send multipart/form-data with a field 'file', text/csv, or application/json",
