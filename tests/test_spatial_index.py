@@ -394,3 +394,26 @@ def test_compiled_hours_judge_as_is_open(schedule, holidays, zone, when):
         assert outcome(lambda later=later: index.open_state(profile, later)) == outcome(
             lambda later=later: is_open(schedule, holidays, zone, later)
         )
+
+
+def test_rare_fact_matches_are_listed_directly_and_agree():
+    rng = random.Random(8)
+    recs = [
+        Rec(
+            n + 1,
+            rng.uniform(-60, 60),
+            rng.uniform(-180, 180),
+            frozenset({"ortho"}),
+            telehealth=(n % 700 == 0) or None,
+        )
+        for n in range(3000)
+    ]
+    index = build(recs)
+    wanted = FactFilter(telehealth=True)
+    search = NearestSearch(index, 10.0, 10.0, specialties=["ortho"], facts=wanted)
+    assert len(search.heap) == 5  # the five telehealth locations, and no tree node
+    for lat, lon in origins(recs, rng):
+        distances = {rec.id: geodesic_km(lat, lon, rec.lat, rec.lon) for rec in recs}
+        for radius, limit in ((None, 3), (3000.0, 10), (1.0, 2)):
+            args = (frozenset({"ortho"}), radius, limit, wanted)
+            assert indexed(index, lat, lon, *args) == brute_force(recs, distances, *args)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from flask import current_app, has_app_context
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload
 from sqlmodel import Session, col, select
 
 from referral.directory.facts import NO_FACTS, FactFilter
@@ -132,7 +132,8 @@ def _rows(session: Session, ids: list[int]) -> dict[int, Location]:
         select(Location)
         .where(col(Location.id).in_(ids))
         .options(
-            selectinload(Location.clinic).selectinload(Clinic.specialty_links)  # type: ignore[arg-type]
+            # One query for the locations with their clinics, one for the clinics' specialties.
+            joinedload(Location.clinic).selectinload(Clinic.specialty_links)  # type: ignore[arg-type]
         )
     )
     return {location.id: location for location in session.exec(query) if location.id is not None}

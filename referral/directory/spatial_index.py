@@ -59,6 +59,9 @@ _ABS_KM = 1e-9
 
 LEAF_SIZE = 16
 FANOUT = 8
+# Fact filters passing fewer than one point in this many: the passing points are listed
+# directly (one pass over the tree's group column) rather than found in distance order.
+DIRECT_RATIO = 32
 _UNKNOWN = -1  # fact codes: -1 unknown, 0 false, 1 true
 
 
@@ -628,11 +631,36 @@ class NearestSearch:
         self.accepted: list[tuple[float, int, int]] = []  # (km, location id, point index)
         self.examined = 0
         tree = self.tree
-        if tree is not None and tree.levels:
-            top = len(tree.levels) - 1
-            for node in range(len(tree.levels[top][0])):
-                near, _ = _box_chord2(tree.levels[top], node, *self.q)
-                heappush(self.heap, (near, top, node))
+        if tree is None or not tree.levels:
+            return
+        if self.judge.facts.active and self._few_pass(tree):
+            return
+        top = len(tree.levels) - 1
+        for node in range(len(tree.levels[top][0])):
+            near, _ = _box_chord2(tree.levels[top], node, *self.q)
+            heappush(self.heap, (near, top, node))
+
+    def _few_pass(self, tree: _Tree) -> bool:
+        """When fact filters let few points of the tree through, walking the tree in distance
+        order would pass over most of it: take those few directly instead, sorted by distance
+        (a sorted list is a heap, so the search goes on unchanged)."""
+        judge = self.judge
+        passing = {group for group, _ in tree.group_counts if judge.verdict(group) == ()}
+        count = sum(number for group, number in tree.group_counts if group in passing)
+        if count * DIRECT_RATIO >= tree.size:
+            return False
+        qx, qy, qz = self.q
+        x, y, z = self.index.x, self.index.y, self.index.z
+        idx = tree.idx
+        entries = []
+        for position, group in enumerate(tree.grp):
+            if group in passing:
+                i = idx[position]
+                chord2 = (x[i] - qx) ** 2 + (y[i] - qy) ** 2 + (z[i] - qz) ** 2
+                entries.append((chord2, -1, position))
+        entries.sort()
+        self.heap = entries
+        return True
 
     def _peek(self) -> float | None:
         """The squared chord of the nearest point not yet taken (None: no more points)."""
