@@ -400,3 +400,30 @@ def test_a_new_request_id_is_unique():
     made = {accept_or_make(None) for _ in range(100)}
     assert len(made) == 100
     assert accept_or_make(str(uuid.UUID(int=7))) == str(uuid.UUID(int=7))
+
+
+def test_log_lines_drop_query_strings_and_exception_messages(app):
+    import logging
+
+    from referral.ops.logs import JsonFormatter
+
+    formatter = JsonFormatter()
+    uri = "/v1/locations/nearest?address=742+Evergreen+Terrace"
+    record = logging.LogRecord(
+        "gunicorn.error", logging.ERROR, __file__, 1, "Error handling request %s", (uri,), None
+    )
+    line = json.loads(formatter.format(record))
+    assert line["msg"] == "Error handling request /v1/locations/nearest?..."
+    # The stack shows source lines: the data must come from a variable, as it would.
+    detail = "patient pt-991 at " + uri.split("=")[1].replace("+", " ")
+    try:
+        raise ValueError(detail)
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("referral", logging.ERROR, __file__, 1, "failed", None, exc_info)
+    with app.test_request_context(headers={"X-Request-ID": "trace-7"}):
+        line = json.loads(formatter.format(record))
+    assert line["request_id"] == "trace-7"
+    assert line["exc_type"] == "ValueError"
+    assert line["traceback"].startswith("Traceback (most recent call last):")
+    assert "Evergreen" not in json.dumps(line) and "pt-991" not in json.dumps(line)

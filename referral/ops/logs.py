@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from gunicorn import glogging
 from referral.ops import requestid
 
 MAX_PATH_CHARS = 200
+_QUERY_IN_TEXT = re.compile(r"\?[^\s'\"]+")
 _METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -83,12 +85,12 @@ class JsonFormatter(logging.Formatter):
 
     @staticmethod
     def _message(record: logging.LogRecord) -> str:
-        if record.name.startswith("gunicorn") and isinstance(record.args, tuple):
-            # e.g. "Error handling request %s" with the request URI, query string and all.
-            record.args = tuple(
-                strip_query(arg) if isinstance(arg, str) else arg for arg in record.args
-            )
-        return record.getMessage()
+        message = record.getMessage()
+        if record.name.startswith("gunicorn"):
+            # gunicorn quotes request lines in some messages ("Error handling request
+            # /v1/...?address=...", invalid request lines at debug): drop the query strings.
+            message = _QUERY_IN_TEXT.sub("?...", message)
+        return message
 
 
 class GunicornJsonLogger(glogging.Logger):
