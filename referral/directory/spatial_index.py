@@ -98,18 +98,30 @@ def _spread(value: int) -> int:
 _SPREAD = [_spread(value) for value in range(256)]
 
 
-def _morton_codes(x: array[float], y: array[float], z: array[float]) -> list[int]:
-    """Interleaved 16-bit quantized coordinates: nearby points get nearby codes."""
+def _vectors_and_codes(
+    lat: array[float], lon: array[float]
+) -> tuple[array[float], array[float], array[float], list[int]]:
+    """Unit vectors, and Morton codes of their 16-bit quantized coordinates (interleaved):
+    nearby points get nearby codes."""
     # A 65,536-entry table, made per build and dropped after (2 MB while it lives).
     spread = [_SPREAD[q & 255] | (_SPREAD[q >> 8] << 24) for q in range(65536)]
-
-    def quantized(coordinate: float) -> int:
-        return min(65535, max(0, int((coordinate + 1.0) * 32767.5)))
-
-    return [
-        spread[quantized(vx)] | (spread[quantized(vy)] << 1) | (spread[quantized(vz)] << 2)
-        for vx, vy, vz in zip(x, y, z, strict=True)
-    ]
+    x, y, z = array("d"), array("d"), array("d")
+    codes = []
+    radians, cos, sin = math.radians, math.cos, math.sin
+    for phi_deg, lam_deg in zip(lat, lon, strict=True):
+        phi, lam = radians(phi_deg), radians(lam_deg)
+        cos_phi = cos(phi)
+        vx, vy, vz = cos_phi * cos(lam), cos_phi * sin(lam), sin(phi)
+        x.append(vx)
+        y.append(vy)
+        z.append(vz)
+        # Coordinates lie in [-1, 1], so the quantized values in [0, 65535].
+        codes.append(
+            spread[int((vx + 1.0) * 32767.5)]
+            | (spread[int((vy + 1.0) * 32767.5)] << 1)
+            | (spread[int((vz + 1.0) * 32767.5)] << 2)
+        )
+    return x, y, z, codes
 
 
 # ---- opening hours, compiled ---------------------------------------------------------------
@@ -194,17 +206,17 @@ def _build_tree(
     if members:
         bounds: tuple[array[float], ...] = tuple(array("d") for _ in range(6))
         lox, loy, loz, hix, hiy, hiz = bounds
+        tx = array("d", [x[i] for i in idx])
+        ty = array("d", [y[i] for i in idx])
+        tz = array("d", [z[i] for i in idx])
         for start in range(0, len(idx), LEAF_SIZE):
-            chunk = idx[start : start + LEAF_SIZE]
-            xs = list(map(x.__getitem__, chunk))
-            ys = list(map(y.__getitem__, chunk))
-            zs = list(map(z.__getitem__, chunk))
-            lox.append(min(xs))
-            loy.append(min(ys))
-            loz.append(min(zs))
-            hix.append(max(xs))
-            hiy.append(max(ys))
-            hiz.append(max(zs))
+            end = start + LEAF_SIZE
+            lox.append(min(tx[start:end]))
+            loy.append(min(ty[start:end]))
+            loz.append(min(tz[start:end]))
+            hix.append(max(tx[start:end]))
+            hiy.append(max(ty[start:end]))
+            hiz.append(max(tz[start:end]))
         levels.append(bounds)
         while len(levels[-1][0]) > FANOUT:
             below = levels[-1]
@@ -403,13 +415,21 @@ class IndexBuilder:
         hours_exceptions: Any = None,
         time_zone: str | None = None,
     ) -> None:
-        key = (
-            spec_set,
-            _UNKNOWN if accepting_new_patients is None else int(bool(accepting_new_patients)),
-            _UNKNOWN if telehealth is None else int(bool(telehealth)),
-            self._language(languages),
-            self._hours(opening_hours, hours_exceptions, time_zone),
-        )
+        if (
+            accepting_new_patients is None
+            and telehealth is None
+            and languages is None
+            and opening_hours is None
+        ):
+            key = (spec_set, _UNKNOWN, _UNKNOWN, 0, 0)  # nothing known: the common case
+        else:
+            key = (
+                spec_set,
+                _UNKNOWN if accepting_new_patients is None else int(bool(accepting_new_patients)),
+                _UNKNOWN if telehealth is None else int(bool(telehealth)),
+                self._language(languages),
+                self._hours(opening_hours, hours_exceptions, time_zone),
+            )
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = len(self._groups)
@@ -421,13 +441,7 @@ class IndexBuilder:
     def finish(self, revision: int) -> DirectoryIndex:
         started = time.perf_counter()
         count = len(self.ids)
-        x, y, z = array("d"), array("d"), array("d")
-        for i in range(count):
-            vx, vy, vz = unit_vector(self.lat[i], self.lon[i])
-            x.append(vx)
-            y.append(vy)
-            z.append(vz)
-        codes = _morton_codes(x, y, z)
+        x, y, z, codes = _vectors_and_codes(self.lat, self.lon)
         order = list(range(count))
         order.sort(key=codes.__getitem__)
         del codes
@@ -452,12 +466,11 @@ class IndexBuilder:
         trees = {}
         memberships = 0
         for code in sorted(set().union(*self.spec_sets)):
-            points = sorted(
-                point
-                for spec, members in by_set.items()
-                if code in self.spec_sets[spec]
-                for point in members
-            )
+            points: list[int] = []
+            for spec, members in by_set.items():
+                if code in self.spec_sets[spec]:
+                    points.extend(members)
+            points.sort()  # sorted runs: timsort merges them
             memberships += len(points)
             trees[code] = _build_tree(points, x, y, z, grp)
         del by_set
@@ -524,21 +537,23 @@ def load_index(connection: Connection) -> DirectoryIndex:
     builder = IndexBuilder()
     spec_by_text: dict[str | None, int] = {}
     result = connection.execution_options(yield_per=2000).execute(query)
+    add = builder.add
     for row in result:
-        spec = spec_by_text.get(row.codes)
+        location_id, lat, lon, anp, telehealth, languages, hours, exceptions, zone, text = row
+        spec = spec_by_text.get(text)
         if spec is None:
-            spec = spec_by_text[row.codes] = builder.spec_set((row.codes or "").split())
-        builder.add(
-            row.id,
+            spec = spec_by_text[text] = builder.spec_set((text or "").split())
+        add(
+            location_id,
             spec,
-            row.lat,
-            row.lon,
-            accepting_new_patients=row.accepting_new_patients,
-            telehealth=row.telehealth,
-            languages=row.languages,
-            opening_hours=row.opening_hours,
-            hours_exceptions=row.hours_exceptions,
-            time_zone=row.time_zone,
+            lat,
+            lon,
+            accepting_new_patients=anp,
+            telehealth=telehealth,
+            languages=languages,
+            opening_hours=hours,
+            hours_exceptions=exceptions,
+            time_zone=zone,
         )
     index = builder.finish(revision)
     index.build_seconds = time.perf_counter() - started
