@@ -455,3 +455,15 @@ def test_a_worker_that_did_not_edit_sees_the_change_when_it_checks(database_url)
 
         for worker in (patient, eager):
             get_database(worker).dispose()
+
+
+def test_warm_index_builds_it_before_any_query(app):
+    from referral.db import get_database
+    from referral.directory.nearest import _holder, warm_index
+
+    engine = get_database(app).engine
+    assert _holder(engine).index is None
+    warm_index(app)
+    index = _holder(engine).index
+    assert index is not None and index.size == len(stored_locations(app))
+    assert index.revision == read_revision_of(app)

@@ -23,11 +23,12 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from flask import current_app, has_app_context
+from flask import Flask, current_app, has_app_context
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import joinedload
 from sqlmodel import Session, col, select
 
+from referral.db import get_session
 from referral.directory.facts import NO_FACTS, FactFilter
 from referral.directory.models import Clinic, Location
 from referral.directory.revision import local_generation, read_revision
@@ -226,4 +227,18 @@ def current_index(session: Session) -> DirectoryIndex:
     return _holder(engine).current(session, engine, _check_seconds())
 
 
-__all__ = ["IndexHolder", "NearestHit", "NearestResult", "current_index", "find_nearest"]
+def warm_index(app: Flask) -> None:
+    """Build this process's index now, e.g. from gunicorn's post_worker_init, so that no
+    query waits for the first build (about as long as a rebuild: docs/nearest.md)."""
+    with app.app_context():
+        current_index(get_session())
+
+
+__all__ = [
+    "IndexHolder",
+    "NearestHit",
+    "NearestResult",
+    "current_index",
+    "find_nearest",
+    "warm_index",
+]
