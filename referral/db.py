@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +23,9 @@ class Database:
         self.sqlite_busy_timeout_ms = sqlite_busy_timeout_ms
         self._engine: Engine | None = None
         self._pid: int | None = None
+        # A worker's threads race to the first request: one engine (one pool, one nearest
+        # index built for it) per process, not one per thread that got there first.
+        self._lock = threading.Lock()
 
     @property
     def is_sqlite(self) -> bool:
@@ -29,10 +33,14 @@ class Database:
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None or self._pid != os.getpid():
-            self._engine = self._create_engine()
-            self._pid = os.getpid()
-        return self._engine
+        engine = self._engine
+        if engine is not None and self._pid == os.getpid():
+            return engine
+        with self._lock:
+            if self._engine is None or self._pid != os.getpid():
+                self._engine = self._create_engine()
+                self._pid = os.getpid()
+            return self._engine
 
     def _create_engine(self) -> Engine:
         if self.is_sqlite:
