@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import flask_smorest
@@ -70,6 +71,36 @@ class HardenedParser(FlaskParser):
             path, reason = bad
             field_error(400, "json", path, reason)
         return parsed
+
+    def parse(self, argmap: Any, req: Request | None = None, **kwargs: Any) -> Any:
+        # After the schema: an aware time with no UTC equivalent (year 1 at +14:00, year
+        # 9999 at -14:00) would overflow where it is compared with stored UTC times.
+        parsed = super().parse(argmap, req, **kwargs)
+        name = find_time_beyond_utc(parsed)
+        if name is not None:
+            location = kwargs.get("location") or self.location
+            field_error(422, location, name, "out of range: no UTC time matches it")
+        return parsed
+
+
+def find_time_beyond_utc(loaded: Any, path: str = "") -> str | None:
+    """The dotted name of the first aware datetime that cannot be converted to UTC, or None."""
+    if isinstance(loaded, datetime) and loaded.tzinfo is not None:
+        try:
+            loaded.astimezone(UTC)
+        except OverflowError:
+            return path or "(body)"
+    elif isinstance(loaded, dict):
+        for key, value in loaded.items():
+            found = find_time_beyond_utc(value, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(loaded, list):
+        for index, value in enumerate(loaded):
+            found = find_time_beyond_utc(value, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
 
 
 def has_body(req: Request) -> bool:
