@@ -291,7 +291,8 @@ def test_json_logs_carry_request_ids_but_no_query_body_or_key(database_url, tmp_
     secret_address = "742 Evergreen Terrace, Springfield"
     patient_ref = "patient-ref-4f1c9a"
     env = {"REFERRAL_RATELIMIT_GEOCODE": "1 per hour"}
-    with serve(database_url, tmp_path, workers=2, env=env, ready_path="/healthz") as served:
+    # One worker: with memory:// limits the second search must meet the first one's count.
+    with serve(database_url, tmp_path, workers=1, env=env, ready_path="/healthz") as served:
         nearest = f"{served.base}/v1/locations/nearest?address={quote(secret_address)}&limit=1"
         first = fetch(nearest, headers={"X-Request-ID": "trace-nearest-1"})
         limited = fetch(nearest, headers={"X-Request-ID": "trace-nearest-2"})

@@ -120,7 +120,7 @@ def init_app(app: Flask) -> None:
             public(blueprint)
             if name == GEOCODE_BLUEPRINT:
                 geocode(blueprint)
-    # One limit object, entered by limit_referral_intake() inside the view; its key comes
+    # One limit object, entered by limit_referral_intake() once the key is known; its key comes
     # from the request, so concurrent requests sharing it cannot mix keys up.
     app.extensions["referral_intake_limit"] = limiter.limit(
         lambda: str(_setting("RATELIMIT_REFERRALS")),
