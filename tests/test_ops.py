@@ -362,6 +362,8 @@ def test_serve_takes_workers_and_bind_from_settings(database_url, tmp_path):
     booted = [e for e in entries if e["msg"].startswith("Booting worker")]
     assert len(booted) == 3, entries
     assert any(e["msg"] == "Using worker: gthread" for e in entries), entries
+    # Each worker built its nearest index before taking requests (post_worker_init).
+    assert not any("not built at start" in e["msg"] for e in entries), entries
     assert process.returncode == 0
 
 

@@ -63,6 +63,17 @@ def on_starting(server: _Any) -> None:
     server.log.info("metrics directory %s", directory)
 
 
+def post_worker_init(worker: _Any) -> None:
+    """Build this worker's nearest-search index before it takes requests, so no visitor's
+    query waits for the first build (docs/nearest.md)."""
+    from referral.directory.nearest import warm_index
+
+    try:
+        warm_index(worker.wsgi)
+    except Exception as exc:  # no database yet, say: the first query builds it instead
+        worker.log.warning("nearest index not built at start (%s)", type(exc).__name__)
+
+
 def child_exit(server: _Any, worker: _Any) -> None:
     # A dead worker's counters stay (they are totals); its live gauges, if any, go. Never
     # let bookkeeping fail the master.
