@@ -7,6 +7,7 @@ a 100,000-row CSV being about 10 MB).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import marshmallow as ma
@@ -15,7 +16,9 @@ from flask.views import MethodView
 from flask_smorest import abort
 
 from referral.admin.imports import (
+    _SCHEMA_FIELDS,
     COLUMNS,
+    REQUIRED_COLUMNS,
     Actor,
     ImportConflictError,
     apply_import,
@@ -128,17 +131,21 @@ class ImportResultSchema(ma.Schema):
     )
 
 
-_COLUMN_PROPERTIES: dict[str, Any] = {
-    name: {"type": "string", "nullable": True} for name in COLUMNS
-} | {
-    "lat": {"type": "number", "nullable": True},
-    "lon": {"type": "number", "nullable": True},
-    "specialties": {
-        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-        "nullable": True,
-        "description": "codes, as a list or ';'-separated",
-    },
-}
+def _documented_column(column: str, field: ma.fields.Field[Any]) -> ma.fields.Field[Any]:
+    """A row's column as the spec shows it: the field the importer checks it with, required
+    or else nullable (null, like a blank cell, leaves the value unset)."""
+    documented = copy.copy(field)
+    documented.required = column in REQUIRED_COLUMNS
+    documented.allow_none = column not in REQUIRED_COLUMNS
+    return documented
+
+
+# One JSON row, with the rules of the edit endpoints (the importer also reads numbers given
+# as text, blank text as null, and specialties as one ';'-separated string, as in a CSV).
+ImportRowSchema = ma.Schema.from_dict(
+    {column: _documented_column(column, _SCHEMA_FIELDS[column]) for column in COLUMNS},
+    name="ImportRow",
+)
 REQUEST_BODY = {
     "required": True,
     "description": (
@@ -155,17 +162,7 @@ REQUEST_BODY = {
             }
         },
         "text/csv": {"schema": {"type": "string"}},
-        "application/json": {
-            "schema": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": _COLUMN_PROPERTIES,
-                    "required": ["clinic_name", "city", "state"],
-                    "additionalProperties": False,
-                },
-            }
-        },
+        "application/json": {"schema": {"type": "array", "items": ImportRowSchema}},
     },
 }
 

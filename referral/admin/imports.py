@@ -19,6 +19,7 @@ and the address columns are identity: empty there means none. Imports never (de)
 
 from __future__ import annotations
 
+import copy
 import csv
 import gc
 import io
@@ -277,6 +278,10 @@ _SCHEMA_FIELDS: dict[str, ma.fields.Field[Any]] = {
     "lat": _LOCATION_SCHEMA_FIELDS["lat"],
     "lon": _LOCATION_SCHEMA_FIELDS["lon"],
 }
+# A file's cells are text: coordinates are read from "44.9" too (the API takes JSON numbers).
+for _column in ("lat", "lon"):
+    _SCHEMA_FIELDS[_column] = copy.copy(_SCHEMA_FIELDS[_column])
+    _SCHEMA_FIELDS[_column].strict = False  # type: ignore[attr-defined]
 # Columns whose values repeat across rows: their checks are cached per value.
 _CACHED = frozenset({"phone", "website", "specialties", "city", "state", "zip"})
 

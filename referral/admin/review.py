@@ -23,6 +23,7 @@ from sqlmodel import Session, col
 
 from referral.directory.models import Clinic, GeocodePrecision, Location
 from referral.timeutil import as_utc, utcnow
+from referral.web.fields import UtcDateTime
 
 DEFAULT_STALE_DAYS = 365
 
@@ -207,7 +208,7 @@ class ReviewItemSchema(ma.Schema):
     phone = ma.fields.String(allow_none=True)
     city = ma.fields.String(allow_none=True)
     state = ma.fields.String(allow_none=True)
-    updated_at = ma.fields.AwareDateTime(allow_none=True, default_timezone=None)
+    updated_at = UtcDateTime(allow_none=True)
     clinics = ma.fields.List(
         ma.fields.Nested(SharingClinicSchema),
         metadata={"description": "shared_phone: the clinics sharing the number"},

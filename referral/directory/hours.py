@@ -15,7 +15,52 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_TIME_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]|24:00")
+TIME_PATTERN = r"^(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+NOTE_MAX_CHARS = 200
+_TIME_RE = re.compile(TIME_PATTERN)
+_DATE_RE = re.compile(DATE_PATTERN)
+
+
+# The same rules for the OpenAPI spec, but those it cannot state: an interval closes after it
+# opens, intervals do not overlap, a date is a real one and listed once.
+def _intervals_schema() -> dict[str, Any]:
+    return {
+        "type": "array",
+        "items": {
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 2,
+            "items": {"type": "string", "pattern": TIME_PATTERN},
+            "description": "[open, close], 24-hour HH:MM (24:00 for midnight)",
+        },
+    }
+
+
+def _exception_schema(*, closed: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "date": {"type": "string", "pattern": DATE_PATTERN, "description": "YYYY-MM-DD"},
+        "closed": {"type": "boolean", "enum": [closed]},
+        "note": {"type": "string", "maxLength": NOTE_MAX_CHARS, "nullable": True},
+    }
+    if not closed:
+        properties["hours"] = _intervals_schema()
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["date", "closed" if closed else "hours"],
+        "additionalProperties": False,
+    }
+
+
+SCHEDULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {day: _intervals_schema() for day in DAYS},
+    "additionalProperties": False,
+}
+EXCEPTION_SCHEMA: dict[str, Any] = {
+    "oneOf": [_exception_schema(closed=True), _exception_schema(closed=False)]
+}
 
 
 class HoursError(ValueError):
@@ -68,12 +113,19 @@ def check_exceptions(exceptions: Any) -> list[dict[str, Any]]:
         if unknown:
             raise HoursError(f"unknown field(s) {', '.join(sorted(unknown))}")
         try:
-            day = date.fromisoformat(str(item["date"]))
+            if not isinstance(item["date"], str) or not _DATE_RE.fullmatch(item["date"]):
+                raise ValueError("not YYYY-MM-DD")
+            day = date.fromisoformat(item["date"])
         except ValueError as exc:
             raise HoursError(f"{item['date']!r} is not a date like 2026-12-25") from exc
         if day in seen:
             raise HoursError(f"{day} is listed twice")
         seen.add(day)
+        if not isinstance(item.get("closed", False), bool):
+            raise HoursError(f"{day}: closed is true or false")
+        note = item.get("note")
+        if note is not None and (not isinstance(note, str) or len(note) > NOTE_MAX_CHARS):
+            raise HoursError(f"{day}: the note is text of at most {NOTE_MAX_CHARS} characters")
         closed = item.get("closed") is True
         if closed == ("hours" in item):
             raise HoursError(f"{day}: give either closed: true or hours")
@@ -82,8 +134,8 @@ def check_exceptions(exceptions: Any) -> list[dict[str, Any]]:
             entry["closed"] = True
         else:
             entry["hours"] = check_intervals(item["hours"], str(day))
-        if item.get("note") is not None:
-            entry["note"] = str(item["note"])[:200]
+        if note is not None:
+            entry["note"] = note
         checked.append(entry)
     return checked
 

@@ -11,19 +11,33 @@ from marshmallow import validate
 from referral.directory.models import GeocodePrecision
 from referral.geo.distance import miles_to_km
 from referral.geo.usps import STATE_CODES
+from referral.web.fields import Pattern, UtcDateTime, VocabularyCode
 
-ZIP_PATTERN = r"^[0-9]{5}(-[0-9]{4})?\Z"
+ZIP_PATTERN = r"^[0-9]{5}(-[0-9]{4})?$"
+# Every code, each letter in either case: "tx", "Tx" and "TX" are all Texas.
+STATE_PATTERN = (
+    "^(?:"
+    + "|".join("".join(f"[{c}{c.lower()}]" for c in code) for code in sorted(STATE_CODES))
+    + ")$"
+)
 
 
 class StateCode(ma.fields.String):
     """A USPS state or territory code, any case in, upper case out."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(validate=validate.Length(equal=2), **kwargs)
+        metadata = {
+            "description": "USPS state or territory code, any case",
+            "pattern": STATE_PATTERN,
+            **kwargs.pop("metadata", {}),
+        }
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        code = str(super()._deserialize(value, attr, data, **kwargs)).strip().upper()
-        if code not in STATE_CODES:
+        text = str(super()._deserialize(value, attr, data, **kwargs))
+        # ASCII only: the dotless i upper-cases to "I", and a code is two plain letters.
+        code = text.upper()
+        if not text.isascii() or code not in STATE_CODES:
             raise ma.ValidationError("not a USPS state code (e.g. TX, MN)")
         return code
 
@@ -76,7 +90,7 @@ class LocationSchema(ma.Schema):
     languages = ma.fields.List(
         ma.fields.String(), allow_none=True, metadata={"description": "ISO 639-1; null: unknown"}
     )
-    updated_at = ma.fields.AwareDateTime(default_timezone=None)
+    updated_at = UtcDateTime()
 
 
 class ClinicSummarySchema(ma.Schema):
@@ -106,7 +120,7 @@ class ClinicSchema(ClinicSummarySchema):
     )
     review_reasons = ma.fields.List(ma.fields.String())
     source = ma.fields.Function(lambda clinic: SourceSchema().dump(clinic))
-    updated_at = ma.fields.AwareDateTime(default_timezone=None)
+    updated_at = UtcDateTime()
     locations = ma.fields.Function(
         lambda clinic: LocationSchema(many=True).dump(
             [location for location in clinic.locations if location.active]
@@ -173,7 +187,7 @@ class _QueryArgs(ma.Schema):
         unknown = ma.EXCLUDE
 
 
-LANGUAGE = validate.Regexp(r"^[a-z]{2}\Z", error="an ISO 639-1 code such as en or es")
+LANGUAGE = Pattern(r"^[a-z]{2}$", error="an ISO 639-1 code such as en or es")
 
 
 class FactArgs(ma.Schema):
@@ -192,14 +206,14 @@ class ClinicQueryArgsSchema(_QueryArgs, FactArgs):
         validate=validate.Length(min=1, max=100), metadata={"description": "part of the name"}
     )
     specialty = ma.fields.List(
-        ma.fields.String(validate=validate.Length(min=1, max=40)),
+        VocabularyCode("specialties"),
         validate=validate.Length(max=10),
         metadata={"description": "specialty code; repeat for several (all must match)"},
     )
     city = ma.fields.String(validate=validate.Length(min=1, max=100))
     state = StateCode()
     zip = ma.fields.String(
-        validate=validate.Regexp(r"^[0-9]{1,5}\Z", error="must be 1 to 5 digits (a ZIP prefix)"),
+        validate=Pattern(r"^[0-9]{1,5}$", error="must be 1 to 5 digits (a ZIP prefix)"),
         metadata={"description": "ZIP code or its prefix"},
     )
     updated_since = ma.fields.AwareDateTime(
@@ -218,7 +232,7 @@ class OriginFields(ma.Schema):
     lat = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-90, max=90))
     lon = ma.fields.Float(allow_nan=False, validate=validate.Range(min=-180, max=180))
     zip = ma.fields.String(
-        validate=validate.Regexp(ZIP_PATTERN, error="must be a 5-digit ZIP code (or ZIP+4)")
+        validate=Pattern(ZIP_PATTERN, error="must be a 5-digit ZIP code (or ZIP+4)")
     )
     city = ma.fields.String(validate=validate.Length(min=1, max=100))
     state = StateCode()
@@ -227,7 +241,7 @@ class OriginFields(ma.Schema):
 
 class NearestQueryArgsSchema(_QueryArgs, OriginFields, FactArgs):
     specialty = ma.fields.List(
-        ma.fields.String(validate=validate.Length(min=1, max=40)),
+        VocabularyCode("specialties"),
         validate=validate.Length(max=10),
         metadata={"description": "specialty code; repeat for several (all must match)"},
     )

@@ -17,12 +17,13 @@ from referral.directory.schemas import (
     origin_errors,
 )
 from referral.referrals.models import Status, Urgency
+from referral.web.fields import Pattern, StrictFloat, UtcDateTime, VocabularyCode
 from referral.web.limits import MAX_ID
 from referral.web.text import PlainText, text_problem
 
 # An opaque id from the app: letters, digits and . _ : - only, so no names with spaces, no
 # e-mail addresses.
-PATIENT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z"
+PATIENT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 # Parts of key names that would carry identity into the assessment summary, matched in the
 # key lowercased with everything but letters and digits removed (so patientName,
 # phone_number and Home-Address are all caught).
@@ -75,6 +76,10 @@ class _Strict(ma.Schema):
 
 
 class OriginInputSchema(_Strict, OriginFields):
+    # JSON numbers only (OriginFields also reads query strings).
+    lat = StrictFloat(allow_nan=False, validate=validate.Range(min=-90, max=90))
+    lon = StrictFloat(allow_nan=False, validate=validate.Range(min=-180, max=180))
+
     @ma.validates_schema
     def check_one_origin(self, data: dict[str, Any], **_kwargs: Any) -> None:
         errors = origin_errors(data)
@@ -82,27 +87,47 @@ class OriginInputSchema(_Strict, OriginFields):
             raise ma.ValidationError(errors)
 
 
-CODE = ma.fields.String(validate=validate.Length(min=1, max=40))
+def _origin_forms() -> list[dict[str, Any]]:
+    """The spec's `oneOf` for an origin: exactly one of the forms ``origin_errors`` accepts."""
+    forms = (("lat", "lon"), ("zip",), ("city", "state"), ("address",))
+    return [
+        {
+            "type": "object",
+            "properties": {name: {} for name in form},
+            "required": list(form),
+            "additionalProperties": False,
+        }
+        for form in forms
+    ]
 
 
 class ReferralCreateSchema(_Strict):
-    origin = ma.fields.Nested(OriginInputSchema, required=True)
+    origin = ma.fields.Nested(
+        OriginInputSchema,
+        required=True,
+        metadata={
+            "description": "one of: lat and lon, zip, city and state, or address",
+            "oneOf": _origin_forms(),
+        },
+    )
     concerns = ma.fields.List(
-        CODE, required=True, validate=validate.Length(min=1, max=10),
+        VocabularyCode("concerns"), required=True, validate=validate.Length(min=1, max=10),
         metadata={"description": "concern codes from GET /v1/concerns"},
     )  # fmt: skip
-    specialties = ma.fields.List(CODE, load_default=list, validate=validate.Length(max=10))
+    specialties = ma.fields.List(
+        VocabularyCode("specialties"), load_default=list, validate=validate.Length(max=10)
+    )
     urgency = ma.fields.String(
         load_default=Urgency.ROUTINE.value, validate=validate.OneOf([u.value for u in Urgency])
     )
-    red_flags = ma.fields.List(CODE, load_default=list, validate=validate.Length(max=20))
-    preferred_clinic_id = ma.fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ID))
-    max_distance = ma.fields.Float(
-        allow_nan=False, validate=validate.Range(min=0, min_inclusive=False)
+    red_flags = ma.fields.List(
+        VocabularyCode("red_flags"), load_default=list, validate=validate.Length(max=20)
     )
+    preferred_clinic_id = ma.fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ID))
+    max_distance = StrictFloat(allow_nan=False, validate=validate.Range(min=0, min_inclusive=False))
     unit = ma.fields.String(load_default="mi", validate=validate.OneOf(["mi", "km"]))
     patient_ref = ma.fields.String(
-        validate=validate.Regexp(
+        validate=Pattern(
             PATIENT_REF_PATTERN,
             error="must be an opaque id (letters, digits, . _ : -; at most 64), not a name or "
             "contact detail",
@@ -122,14 +147,41 @@ class ReferralCreateSchema(_Strict):
                 raise ma.ValidationError(errors)
 
 
+NOTE = ma.fields.String(validate=[validate.Length(min=1, max=1000), PlainText(multiline=True)])
+
+
 class StatusChangeSchema(_Strict):
     status = ma.fields.String(required=True, validate=validate.OneOf([s.value for s in Status]))
-    note = ma.fields.String(validate=[validate.Length(min=1, max=1000), PlainText(multiline=True)])
+    note = NOTE
 
     @ma.validates_schema
     def declined_needs_reason(self, data: dict[str, Any], **_kwargs: Any) -> None:
         if data.get("status") == Status.DECLINED.value and not data.get("note"):
             raise ma.ValidationError({"note": ["a reason is required when declining"]})
+
+
+# StatusChangeSchema's rules as the spec states them: a note is required when declining.
+class StatusMoveSchema(_Strict):
+    status = ma.fields.String(
+        required=True,
+        validate=validate.OneOf([s.value for s in Status if s != Status.DECLINED]),
+    )
+    note = NOTE
+
+
+class DeclineSchema(_Strict):
+    status = ma.fields.String(required=True, validate=validate.OneOf([Status.DECLINED.value]))
+    note = ma.fields.String(
+        required=True,
+        validate=[validate.Length(min=1, max=1000), PlainText(multiline=True)],
+        metadata={"description": "why the referral is declined"},
+    )
+
+
+STATUS_CHANGE_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"oneOf": [StatusMoveSchema, DeclineSchema]}}},
+}
 
 
 class ReferralQueryArgsSchema(ma.Schema):
@@ -172,7 +224,7 @@ class AlternativeSchema(ma.Schema):
 
 
 class HistoryEntrySchema(ma.Schema):
-    at = ma.fields.AwareDateTime(default_timezone=None)
+    at = UtcDateTime()
     from_status = ma.fields.String(allow_none=True)
     to_status = ma.fields.String()
     actor = ma.fields.String()
@@ -216,8 +268,8 @@ class ReferralSchema(ma.Schema):
     patient_ref = ma.fields.String(attribute="referral.patient_ref", allow_none=True)
     assessment = ma.fields.Dict(attribute="referral.assessment", allow_none=True)
     history = ma.fields.List(ma.fields.Nested(HistoryEntrySchema))
-    created_at = ma.fields.AwareDateTime(attribute="referral.created_at", default_timezone=None)
-    updated_at = ma.fields.AwareDateTime(attribute="referral.updated_at", default_timezone=None)
+    created_at = UtcDateTime(attribute="referral.created_at")
+    updated_at = UtcDateTime(attribute="referral.updated_at")
     purged = ma.fields.Function(
         lambda d: d["referral"].purged_at is not None,
         metadata={"type": "boolean", "description": "patient ref and assessment were purged"},

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Response, current_app, g, request, stream_with_context, url_for
 from flask.views import MethodView
 from sqlalchemy.orm.exc import StaleDataError
+from werkzeug.routing import BaseConverter
 
 from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
 from referral.auth.models import (
@@ -30,6 +31,7 @@ from referral.referrals import log as referral_log
 from referral.referrals.intake import ReferralInputError, ReferralRequest, create_referral
 from referral.referrals.models import Status, Urgency
 from referral.referrals.schemas import (
+    STATUS_CHANGE_BODY,
     ReferralCreateSchema,
     ReferralQueryArgsSchema,
     ReferralSchema,
@@ -57,6 +59,18 @@ concerns_blp = Blueprint(
 ANY_READER = (SCOPE_REFERRALS_READ, SCOPE_REFERRALS_WRITE, SCOPE_REFERRALS_STATUS, SCOPE_ADMIN)
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 REFERRAL_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+class ReferralIdConverter(BaseConverter):
+    """A referral id in a path: any segment but the names of its siblings (stats, export.csv),
+    so that `OPTIONS /v1/referrals/stats` lists only what /stats answers. A malformed id still
+    reaches the view: a 404 naming ``referral_id``, audited."""
+
+    regex = r"(?!(?:stats|export\.csv)\Z)[^/]+"
+
+
+def referral_id_schema(_converter: BaseConverter) -> dict[str, Any]:
+    return {"type": "string", "pattern": f"^{REFERRAL_ID_RE.pattern}$"}
 
 
 @referrals_blp.before_request
@@ -172,6 +186,20 @@ def _referral_request(body: dict[str, Any]) -> ReferralRequest:
     )
 
 
+# What a client can do next with the referral it just sent (OpenAPI links).
+REFERRAL_LINKS = {
+    name: {
+        "operationRef": f"#/paths/~1v1~1referrals~1{{referral_id}}/{method}",
+        "parameters": {"referral_id": "$response.body#/id"},
+        "description": description,
+    }
+    for name, method, description in (
+        ("GetReferral", "get", "The referral, with its match and history"),
+        ("ChangeReferralStatus", "patch", "Move the referral along its lifecycle"),
+    )
+}
+
+
 @referrals_blp.route("")
 class Referrals(MethodView):
     @referrals_blp.doc(
@@ -180,10 +208,11 @@ class Referrals(MethodView):
             {
                 "in": "header",
                 "name": "Idempotency-Key",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_RE.pattern}$"},
                 "description": "Retry safely: the same key and body answer the stored referral.",
             }
         ],
+        responses={201: {"links": REFERRAL_LINKS}},
     )
     @referrals_blp.arguments(ReferralCreateSchema)
     @referrals_blp.response(
@@ -289,7 +318,7 @@ def _visible_or_404(referral_id: str, action: str) -> Any:
     return referral
 
 
-@referrals_blp.route("/<referral_id>")
+@referrals_blp.route("/<referral_id:referral_id>")
 class ReferralById(MethodView):
     @referrals_blp.doc(security=BEARER_SECURITY)
     @referrals_blp.response(200, ReferralSchema)
@@ -301,7 +330,7 @@ class ReferralById(MethodView):
         _audit("referral.read", "ok", [referral.id])
         return referral_log.detail(get_session(), referral)
 
-    @referrals_blp.doc(security=BEARER_SECURITY)
+    @referrals_blp.doc(security=BEARER_SECURITY, requestBody=STATUS_CHANGE_BODY)
     @referrals_blp.arguments(StatusChangeSchema)
     @referrals_blp.response(200, ReferralSchema)
     @problems(referrals_blp, 400, 401, 403, 404, 409)

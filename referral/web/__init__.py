@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from flask import Blueprint, Flask, Response, request
 from flask_cors import CORS
 from swagger_ui_bundle import swagger_ui_path
 
 from referral.web.api import ReferralApi
+from referral.web.fields import enum_from_vocabularies, load_vocabularies
 from referral.web.limits import MAX_PAGE
 from referral.web.problems import field_error
 
@@ -26,12 +28,22 @@ def init_web(app: Flask) -> None:
     from referral.directory.exports import exports_blp
     from referral.directory.views import clinics_blp, locations_blp, specialties_blp
     from referral.geo.chain import init_app as init_geocoder
-    from referral.referrals.views import concerns_blp, referrals_blp
+    from referral.referrals.views import (
+        ReferralIdConverter,
+        concerns_blp,
+        referral_id_schema,
+        referrals_blp,
+    )
     from referral.web.widget import widget_blp
 
     init_geocoder(app)
     api = ReferralApi(app)
     register_security_scheme(api)
+    # The spec lists the seeded specialty, concern and red-flag codes (see web/fields.py).
+    vocabularies = load_vocabularies(Path(app.config["SEED_DATA_DIR"]))
+    api.ma_plugin.converter.add_attribute_function(enum_from_vocabularies(vocabularies))
+    app.url_map.converters["referral_id"] = ReferralIdConverter
+    api.register_converter(ReferralIdConverter, referral_id_schema)
     for blp in (
         clinics_blp,
         locations_blp,
@@ -70,8 +82,11 @@ def init_web(app: Flask) -> None:
         for name, value in request.args.items(multi=True):
             if "\x00" in value:
                 field_error(422, "query", name, "NUL characters are not accepted")
-        page = request.args.get("page", "")
-        if page.isascii() and page.isdigit() and int(page) > MAX_PAGE:
+        try:
+            page = int(request.args.get("page", ""))  # as marshmallow reads it: "+7", " 7"
+        except ValueError:
+            return
+        if page > MAX_PAGE:
             field_error(422, "query", "page", f"at most {MAX_PAGE}")
 
     @app.after_request

@@ -2,26 +2,80 @@
 
 from __future__ import annotations
 
+import copy
 import http
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import flask_smorest
+import marshmallow as ma
+from apispec.ext.marshmallow import MarshmallowPlugin, OpenAPIConverter
 from flask import Request, request
 from flask_smorest import Api, abort
-from flask_smorest.exceptions import NotModified
+from flask_smorest.etag import IF_MATCH_HEADER
+from flask_smorest.exceptions import NotModified, PreconditionRequired
+from flask_smorest.pagination import PaginationMetadataSchema
 from flask_smorest.utils import prepare_response
 from webargs.core import missing, parse_json
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import quote_etag
 
+from referral.web.fields import exclusive_bounds, fresh_copies, spec_overrides
+from referral.web.limits import MAX_PAGE
 from referral.web.problems import PROBLEM_JSON, ProblemSchema, field_error, problem_response
+
+# RFC 9110 13.1.1: "*", or a comma-separated list of entity tags, weak or strong.
+_ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e]*"'
+IF_MATCH_PATTERN = rf"^(?:\*|{_ENTITY_TAG}(?:[ \t]*,[ \t]*{_ENTITY_TAG})*)$"
+
+
+class SchemaRulesConverter(OpenAPIConverter):
+    """apispec's converter; a schema's ``Meta.openapi`` adds rules across its fields (a
+    ``oneOf``, say) to its JSON schema."""
+
+    def schema2jsonschema(self, schema: Any) -> dict[str, Any]:
+        jsonschema: dict[str, Any] = super().schema2jsonschema(schema)
+        rules = getattr(getattr(schema, "Meta", None), "openapi", None)
+        if rules:
+            jsonschema.update(copy.deepcopy(rules))
+        return jsonschema
+
+
+class SchemaRulesPlugin(MarshmallowPlugin):
+    Converter = SchemaRulesConverter
 
 
 class ReferralApi(Api):
     ERROR_SCHEMA = ProblemSchema
+
+    def _init_spec(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("marshmallow_plugin", SchemaRulesPlugin())
+        super()._init_spec(*args, **kwargs)
+        self.ma_plugin.converter.add_attribute_function(exclusive_bounds)
+        self.ma_plugin.converter.add_attribute_function(fresh_copies)
+        self.ma_plugin.converter.add_attribute_function(spec_overrides)
+
+    def _register_etag_headers(self) -> None:
+        super()._register_etag_headers()
+        # Replaces flask-smorest's: the spec states the syntax (a malformed one is a 400).
+        if_match = {
+            **IF_MATCH_HEADER,
+            "description": "The ETag of the last GET (or *): 428 without, 412 when not current",
+            "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
+        }
+        self.spec.components.parameter("IF_MATCH", "header", if_match, lazy=True)
+
+    def _register_pagination_header(self) -> None:
+        # The header's value is JSON: OpenAPI says so with `content` (a `schema` alone would
+        # mean the "simple" style, `total,3,page,1`).
+        header = {
+            "description": "Pagination metadata, as JSON",
+            "content": {"application/json": {"schema": PaginationMetadataSchema}},
+        }
+        self.spec.components.header("PAGINATION", header, lazy=True)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         return problem_response(error)
@@ -187,6 +241,30 @@ class Blueprint(flask_smorest.Blueprint):
 
         return decorate
 
+    def _prepare_pagination_doc(self, doc: Any, doc_info: Any, **kwargs: Any) -> Any:
+        # The spec states the deepest page (refused with 422 in referral.web, before any view).
+        pagination = doc_info.get("pagination")
+        if pagination:
+            pagination["parameters"]["schema"] = _bounded_pages(pagination["parameters"]["schema"])
+        return super()._prepare_pagination_doc(doc, doc_info, **kwargs)
+
+    def _prepare_etag_doc(self, doc: Any, doc_info: Any, *, method: str, **kwargs: Any) -> Any:
+        doc = super()._prepare_etag_doc(doc, doc_info, method=method, **kwargs)
+        if doc_info.get("etag") and method.upper() in self.METHODS_NEEDING_CHECK_ETAG:
+            doc["responses"].setdefault(400, http.HTTPStatus(400).name)  # a malformed If-Match
+        return doc
+
+    def _check_precondition(self) -> None:
+        # As flask-smorest's (428 without If-Match), but a value that is no entity tag list
+        # is a 400 naming the header, not a 428 as if it were missing.
+        if request.method not in self.METHODS_NEEDING_CHECK_ETAG:
+            return
+        value = request.headers.get("If-Match")
+        if value is None:
+            raise PreconditionRequired
+        if re.fullmatch(IF_MATCH_PATTERN, value.strip()) is None:
+            field_error(400, "headers", "If-Match", 'an ETag ("...", W/"...") or *')
+
     def _check_not_modified(self, etag: str) -> None:
         # As flask-smorest's, but the 304 names the ETag it confirms (RFC 9110 15.4.5), so
         # caches can keep using the copy they hold.
@@ -194,6 +272,21 @@ class Blueprint(flask_smorest.Blueprint):
             not_modified = NotModified()
             not_modified.data = {"headers": {"ETag": quote_etag(etag)}}
             raise not_modified
+
+
+def _bounded_pages(schema: type[ma.Schema]) -> type[ma.Schema]:
+    """flask-smorest's pagination arguments, with ``page`` at most MAX_PAGE."""
+    if getattr(schema, "bounded_pages", False):
+        return schema
+    default = schema._declared_fields["page"].load_default
+
+    class BoundedPages(schema):  # type: ignore[valid-type,misc]
+        bounded_pages = True
+        page = ma.fields.Integer(
+            load_default=default, validate=ma.validate.Range(min=1, max=MAX_PAGE)
+        )
+
+    return BoundedPages
 
 
 def problems(blp: flask_smorest.Blueprint, *codes: int) -> Any:

@@ -12,10 +12,13 @@ import re
 
 import marshmallow as ma
 
-_DISGUISING = "\u202a-\u202e\u2066-\u2069\u200b\u2060\ufeff"
+# Written as regex escapes, not the characters: the spec carries them as patterns (below).
+_DISGUISING = r"\u202a-\u202e\u2066-\u2069\u200b\u2060\ufeff"
 # C0 and C1 controls (and DEL); multi-line text may keep tab and line breaks.
-_SINGLE_LINE_BAD = re.compile(f"[\x00-\x1f\x7f-\x9f{_DISGUISING}]")
-_MULTI_LINE_BAD = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_DISGUISING}]")
+_SINGLE_LINE_CLASS = rf"\x00-\x1f\x7f-\x9f{_DISGUISING}"
+_MULTI_LINE_CLASS = rf"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_DISGUISING}"
+_SINGLE_LINE_BAD = re.compile(f"[{_SINGLE_LINE_CLASS}]")
+_MULTI_LINE_BAD = re.compile(f"[{_MULTI_LINE_CLASS}]")
 
 
 def text_problem(value: str, *, multiline: bool = False) -> str | None:
@@ -34,6 +37,8 @@ class PlainText:
 
     def __init__(self, *, multiline: bool = False) -> None:
         self.multiline = multiline
+        # What the spec says (apispec documents a validator's ``regex`` as ``pattern``).
+        self.regex = re.compile(f"^[^{_MULTI_LINE_CLASS if multiline else _SINGLE_LINE_CLASS}]*$")
 
     def __call__(self, value: str) -> str:
         reason = text_problem(value, multiline=self.multiline)
