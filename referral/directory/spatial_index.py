@@ -30,7 +30,7 @@ import time
 from array import array
 from bisect import insort
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from heapq import heappop, heappush
@@ -180,7 +180,12 @@ class _Tree:
     grp: array[int]
     # levels[0] are the leaves; each level is six arrays: lo x, lo y, lo z, hi x, hi y, hi z.
     levels: list[tuple[array[float], ...]]
-    group_counts: list[tuple[int, int]]
+    # How many of the tree's points each of its groups has (two arrays, one entry a group).
+    groups: array[int]
+    counts: array[int]
+
+    def group_counts(self) -> Iterator[tuple[int, int]]:
+        return zip(self.groups, self.counts, strict=True)
 
     @property
     def size(self) -> int:
@@ -194,7 +199,7 @@ class _Tree:
         total = self.idx.itemsize * len(self.idx) + self.grp.itemsize * len(self.grp)
         for level in self.levels:
             total += sum(part.itemsize * len(part) for part in level)
-        return total + 16 * len(self.group_counts)
+        return total + 8 * len(self.groups)
 
 
 def _build_tree(
@@ -226,8 +231,10 @@ def _build_tree(
                     above[part].append(min(below[part][start : start + FANOUT]))
                     above[part + 3].append(max(below[part + 3][start : start + FANOUT]))
             levels.append(above)
-    counts = sorted(Counter(tree_grp).items())
-    return _Tree(idx, tree_grp, levels, counts)
+    totals = sorted(Counter(tree_grp).items())
+    groups = array("i", [group for group, _ in totals])
+    counts = array("i", [count for _, count in totals])
+    return _Tree(idx, tree_grp, levels, groups, counts)
 
 
 def _box_chord2(
@@ -442,14 +449,21 @@ class IndexBuilder:
         started = time.perf_counter()
         count = len(self.ids)
         x, y, z, codes = _vectors_and_codes(self.lat, self.lon)
-        order = list(range(count))
-        order.sort(key=codes.__getitem__)
+        # One list of plain ints (code, then position) sorts faster and holds less than a
+        # key function over a second list; positions come back from the low bits.
+        shift = max(1, count.bit_length())
+        for i in range(count):
+            codes[i] = (codes[i] << shift) | i
+        codes.sort()
+        mask = (1 << shift) - 1
+        order = array("i", [key & mask for key in codes])
         del codes
-        x, y, z = (array("d", [part[i] for i in order]) for part in (x, y, z))
-        ids = array("q", [self.ids[i] for i in order])
-        lat = array("d", [self.lat[i] for i in order])
-        lon = array("d", [self.lon[i] for i in order])
-        grp = array("i", [self.grp[i] for i in order])
+        # map() rather than list comprehensions: no list of floats to outlive (RSS).
+        x, y, z = (array("d", map(part.__getitem__, order)) for part in (x, y, z))
+        ids = array("q", map(self.ids.__getitem__, order))
+        lat = array("d", map(self.lat.__getitem__, order))
+        lon = array("d", map(self.lon.__getitem__, order))
+        grp = array("i", map(self.grp.__getitem__, order))
         del order
         groups = sorted(self._groups.items(), key=lambda item: item[1])
         g_spec = array("i", [key[0] for key, _ in groups])
@@ -457,23 +471,23 @@ class IndexBuilder:
         g_tele = array("b", [key[2] for key, _ in groups])
         g_lang = array("i", [key[3] for key, _ in groups])
         g_hours = array("i", [key[4] for key, _ in groups])
-        # Points per specialty set (one pass), then per code the sets having it, merged back
-        # into Morton order (a sort of plain ints).
-        by_set: dict[int, list[int]] = {}
+        # Per code, the positions having it, in Morton order: one pass, appending to arrays
+        # (no list of ints to sort, nor to outlive the build in the allocator).
+        members: dict[str, array[int]] = {
+            code: array("i") for code in sorted(set().union(*self.spec_sets))
+        }
+        targets = [tuple(members[code].append for code in codes) for codes in self.spec_sets]
         for i, group in enumerate(grp):
-            by_set.setdefault(g_spec[group], []).append(i)
+            for append in targets[g_spec[group]]:
+                append(i)
+        del targets
         all_tree = _build_tree(range(count), x, y, z, grp)
         trees = {}
         memberships = 0
-        for code in sorted(set().union(*self.spec_sets)):
-            points: list[int] = []
-            for spec, members in by_set.items():
-                if code in self.spec_sets[spec]:
-                    points.extend(members)
-            points.sort()  # sorted runs: timsort merges them
+        for code in list(members):
+            points = members.pop(code)
             memberships += len(points)
             trees[code] = _build_tree(points, x, y, z, grp)
-        del by_set
         index = DirectoryIndex(
             revision=revision,
             ids=ids, lat=lat, lon=lon, x=x, y=y, z=z,
@@ -660,8 +674,8 @@ class NearestSearch:
         order would pass over most of it: take those few directly instead, sorted by distance
         (a sorted list is a heap, so the search goes on unchanged)."""
         judge = self.judge
-        passing = {group for group, _ in tree.group_counts if judge.verdict(group) == ()}
-        count = sum(number for group, number in tree.group_counts if group in passing)
+        passing = {group for group, _ in tree.group_counts() if judge.verdict(group) == ()}
+        count = sum(number for group, number in tree.group_counts() if group in passing)
         if count * DIRECT_RATIO >= tree.size:
             return False
         qx, qy, qz = self.q
@@ -741,7 +755,7 @@ class NearestSearch:
         by_group: Counter[int] = Counter()
         if self.radius_km is None:
             # Everywhere: the tree's per-group totals, no point is visited.
-            for group, count in tree.group_counts:
+            for group, count in tree.group_counts():
                 if judge.verdict(group):
                     by_group[group] = count
         elif tree.levels:
