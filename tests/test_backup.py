@@ -36,6 +36,9 @@ from tests.live import OPENER, Served, serve
 BODY = {"origin": {"zip": "55413"}, "concerns": ["running_low_back_pain"]}
 REFERRAL_CLI = str(Path(sys.executable).parent / "referral")
 
+# The writers measure backups, not limits: no acknowledged write may be lost to a 429.
+NO_LIMITS = {"REFERRAL_RATELIMIT_REFERRALS": "1000000 per minute"}
+
 
 def cli(database_url: str, *args: str, env: dict[str, str] | None = None) -> Any:
     """The real command line, in its own process, as cron or an operator would run it."""
@@ -202,7 +205,7 @@ def test_sqlite_backup_under_load_restores_every_acknowledged_referral(sqlite_ur
     keys = make_keys(sqlite_url)
     target = tmp_path / "backups" / "referral-backup.db"
     target.parent.mkdir()
-    with serve(sqlite_url, tmp_path, workers=2, threads=2) as served:
+    with serve(sqlite_url, tmp_path, workers=2, threads=2, env=NO_LIMITS) as served:
         acknowledged_before, result = backup_under_load(sqlite_url, served, keys, target)
     assert result.returncode == 0, result.stderr
     assert f"backed up to {target}" in result.stdout and "integrity ok" in result.stdout
@@ -269,7 +272,7 @@ def test_postgres_backup_under_load_restores_with_pg_restore(postgres, postgres_
     try:
         keys = make_keys(live_url)
         target = tmp_path / "referral.dump"
-        with serve(live_url, tmp_path, workers=2, threads=2) as served:
+        with serve(live_url, tmp_path, workers=2, threads=2, env=NO_LIMITS) as served:
             acknowledged_before, result = backup_under_load(live_url, served, keys, target)
         assert result.returncode == 0, result.stderr
         assert "pg_dump --format=custom" in result.stdout

@@ -138,7 +138,8 @@ def live(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
 
 def assert_no_server_errors(server: LiveServer) -> None:
     output = server.output()
-    assert "Traceback" not in output and "[ERROR]" not in output, server.explain("server errors")
+    errors = "Traceback" in output or '"level": "ERROR"' in output  # JSON log lines
+    assert not errors, server.explain("server errors")
 
 
 def assert_one_creation(server: LiveServer, replies: list[Reply], allowed: set[int]) -> str:
