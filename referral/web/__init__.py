@@ -64,7 +64,16 @@ def init_web(app: Flask) -> None:
         # "*" rather than the echoed Origin: one cached answer serves every embedding site.
         send_wildcard=True,
         methods=["GET", "HEAD", "OPTIONS"],
-        expose_headers=["ETag", "X-Pagination", "X-Excluded-Unknown"],
+        expose_headers=[
+            "ETag",
+            "X-Pagination",
+            "X-Excluded-Unknown",
+            "X-Request-ID",
+            "Retry-After",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+        ],
         max_age=3600,
     )
     app.register_blueprint(
