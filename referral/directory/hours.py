@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 TIME_PATTERN = r"^(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
-DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# YYYY-MM-DD; the calendar decides the rest (2026-02-30 matches, and is refused).
+DATE_PATTERN = r"^(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])$"
 NOTE_MAX_CHARS = 200
 _TIME_RE = re.compile(TIME_PATTERN)
 _DATE_RE = re.compile(DATE_PATTERN)

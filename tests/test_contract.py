@@ -1,0 +1,102 @@
+"""Contract fuzzing: schemathesis against openapi.yaml and a real gunicorn server.
+
+Every operation, every check (``--checks all``), a fixed seed, every phase (coverage,
+fuzzing, and stateful chains that follow the spec's links). schemathesis.toml holds the
+configuration and says why each of its few tunings exists; tests/contract_hooks.py lists the
+refusals the spec cannot state. Rate limits are off for the run (REFERRAL_RATELIMIT_ENABLED):
+the fuzzer is one client sending thousands of requests; 429 is documented and tested in
+tests/test_limits.py.
+
+Keys are made for the run, least privilege first (see schemathesis.toml): an assessment app
+(referrals:write and read), a data team (clinics:write), an admin, and a second app that must
+not see the first one's referrals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from sqlmodel import Session
+
+from referral.auth.keys import create_key
+from referral.db import get_database
+from tests.conftest import REPO_ROOT, build_app
+from tests.live import serve
+
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+# Least privilege first: schemathesis moves an operation on to the next key when refused.
+IDENTITIES = (
+    ("app-a", ["referrals:write", "referrals:read"]),
+    ("data-team", ["clinics:write"]),
+    ("admin", ["admin"]),
+    ("app-b", ["referrals:write", "referrals:read"]),
+)
+RUN_SECONDS = 900
+
+
+def write_auth_file(database_url: str, path: Path) -> None:
+    """A Web Fuzzing Commons auth file with a fresh key per identity."""
+    app = build_app(database_url)
+    entries = []
+    with Session(get_database(app).engine) as session:
+        for name, scopes in IDENTITIES:
+            _, key = create_key(session, name=name, scopes=scopes)
+            header = {"name": "Authorization", "value": f"Bearer {key}"}
+            entries.append({"name": name, "fixedHeaders": [header]})
+        session.commit()
+    get_database(app).dispose()
+    path.write_text(json.dumps({"auth": entries}), encoding="utf-8")
+
+
+def dropped_summary(path: Path) -> str:
+    """How many failures each listed rule dropped (tests/contract_hooks.py), per operation."""
+    if not path.exists():
+        return "no failures dropped"
+    counts: Counter[str] = Counter()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        counts[f"{entry['operation']}: {entry['kind']}"] += 1
+    return "\n".join(f"{count:5d}  {what}" for what, count in counts.most_common())
+
+
+def test_the_service_keeps_its_contract(database_url: str, tmp_path: Path) -> None:
+    auth_file = tmp_path / "auth.json"
+    dropped = tmp_path / "dropped.jsonl"
+    write_auth_file(database_url, auth_file)
+    env = {
+        **os.environ,
+        "REFERRAL_FUZZ_AUTH_FILE": str(auth_file),
+        "REFERRAL_FUZZ_DROPPED": str(dropped),
+    }
+    server_env = {"REFERRAL_RATELIMIT_ENABLED": "false"}
+    with serve(database_url, tmp_path, workers=2, env=server_env) as server:
+        started = time.monotonic()
+        command = [str(SCHEMATHESIS), "--config-file", str(REPO_ROOT / "schemathesis.toml"),
+                   "run", str(REPO_ROOT / "openapi.yaml"), "--url", server.base,
+                   "--checks", "all", "--seed", "1", "--no-color"]  # fmt: skip
+        run = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_SECONDS,
+            check=False,
+        )
+        seconds = time.monotonic() - started
+        server_tail = "\n".join(server.output().splitlines()[-40:])
+    output = run.stdout + run.stderr
+    summary = f"{output}\n--- dropped by tests/contract_hooks.py ---\n{dropped_summary(dropped)}"
+    (tmp_path / "schemathesis.txt").write_text(summary, encoding="utf-8")
+    assert run.returncode == 0, f"{summary}\n--- server log (tail) ---\n{server_tail}"
+    # Every operation, every phase: nothing was left out.
+    assert "23 selected / 23 total" in output, output
+    for phase in ("Coverage", "Fuzzing", "Stateful"):
+        assert f"✅ {phase}" in output, output
+    print(f"\n{summary}\nschemathesis ran {seconds:.0f}s")
