@@ -467,3 +467,76 @@ def test_warm_index_builds_it_before_any_query(app):
     index = _holder(engine).index
     assert index is not None and index.size == len(stored_locations(app))
     assert index.revision == read_revision_of(app)
+
+
+@pytest.fixture
+def unlimited(database_url):
+    """An app without rate limits (a hypothesis test asks more than a client may per minute),
+    and an admin key."""
+    from sqlmodel import Session
+
+    from referral.auth.keys import create_key
+    from referral.db import get_database
+    from tests.conftest import build_app
+
+    app = build_app(database_url, RATELIMIT_ENABLED=False)
+    with Session(get_database(app).engine) as session:
+        _, key = create_key(session, name="directory-admin", scopes=["admin"])
+        session.commit()
+    yield app, key
+    get_database(app).dispose()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    edit=st.sampled_from(["move", "deactivate", "reactivate", "add", "specialties"]),
+    pick=st.integers(min_value=0, max_value=10**6),
+    lat=st.floats(min_value=-89, max_value=89),
+    lon=st.floats(min_value=-180, max_value=180),
+    limit=st.integers(min_value=1, max_value=50),
+    radius_km=st.one_of(st.none(), st.floats(min_value=1, max_value=5000)),
+    specialty=st.sampled_from([None, "sports", "orthopedic", "running", "vestibular"]),
+)
+def test_agrees_with_brute_force_after_random_edits(
+    unlimited, edit, pick, lat, lon, limit, radius_km, specialty
+):
+    app, key = unlimited
+    client = app.test_client()
+    admin = auth(key)
+    clinics = client.get("/v1/clinics", query_string={"page_size": 100}).get_json()
+    clinic = clinics[pick % len(clinics)]
+    clinic_url = f"/v1/clinics/{clinic['id']}"
+    locations = client.get(clinic_url, headers=admin).get_json()["locations"]
+    if not locations:
+        edit = "add"  # a clinic with no location (the seed has some)
+    else:
+        location = locations[pick % len(locations)]
+        url = f"{clinic_url}/locations/{location['id']}"
+    if edit == "add":
+        body = {"city": "Somewhere", "state": "MN", "lat": lat, "lon": lon}
+        response = client.post(f"{clinic_url}/locations", json=body, headers=admin)
+    elif edit == "specialties":
+        codes = [["sports", "running"], ["orthopedic"], ["vestibular", "sports"]][pick % 3]
+        etag = client.get(clinic_url).headers["ETag"]
+        response = client.patch(
+            clinic_url, json={"specialties": codes}, headers={**admin, "If-Match": etag}
+        )
+    else:
+        changes = {"move": {"lat": -lat, "lon": lon / 2}, "deactivate": {"active": False},
+                   "reactivate": {"active": True}}[edit]  # fmt: skip
+        etag = client.get(url, headers=admin).headers["ETag"]
+        response = client.patch(url, json=changes, headers={**admin, "If-Match": etag})
+    assert response.status_code in (200, 201), response.get_json()
+    query = {"lat": lat, "lon": lon, "limit": limit, "unit": "km"}
+    if radius_km is not None:
+        query["radius"] = radius_km
+    if specialty:
+        query["specialty"] = specialty
+    body = client.get("/v1/locations/nearest", query_string=query).get_json()
+    wanted = frozenset([specialty]) if specialty else frozenset()
+    expected = brute_force(stored_locations(app), lat, lon, specialties=wanted, radius_km=radius_km)
+    assert_matches(body, expected, limit)
