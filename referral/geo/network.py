@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from geopy.adapters import URLLibAdapter
 from geopy.exc import GeocoderServiceError, GeopyError
 from geopy.extra.rate_limiter import RateLimiter
 from geopy.geocoders import get_geocoder_for_service
@@ -104,6 +105,9 @@ class NetworkGeocoder:
                 )
             min_delay_seconds = max(min_delay_seconds, 1.0)
         options.setdefault("timeout", timeout_seconds)
+        # geopy picks requests' adapter whenever requests is installed, and it retries on
+        # its own; the plain urllib adapter leaves retries (and their pacing) to us.
+        options.setdefault("adapter_factory", URLLibAdapter)
         try:
             self._geocoder = geocoder_class(**options)
         except (GeopyError, TypeError, ValueError) as exc:
