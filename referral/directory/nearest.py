@@ -182,7 +182,10 @@ class IndexHolder:
             self._build_lock.acquire()  # nothing to answer from yet: wait for the first build
         try:
             built = self.index
-            if built is None or built.revision != revision:
+            # Another thread may have rebuilt meanwhile (as new as this revision, or newer);
+            # the index judged stale here is rebuilt even if its revision is higher (a
+            # database restored from a backup counts from an older number).
+            if built is None or built is index or built.revision < revision:
                 built = self.index = _build(engine)
             return built
         finally:
