@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -54,14 +55,23 @@ def write_auth_file(database_url: str, path: Path) -> None:
     path.write_text(json.dumps({"auth": entries}), encoding="utf-8")
 
 
+def _field(name: str) -> str:
+    """rows[12].phone -> rows[N].phone; assessment.<any key> -> assessment."""
+    if name.startswith("assessment."):
+        return "assessment"
+    return re.sub(r"\[\d+\]", "[N]", name)
+
+
 def dropped_summary(path: Path) -> str:
-    """How many failures each listed rule dropped (tests/contract_hooks.py), per operation."""
+    """How many failures each listed rule dropped (tests/contract_hooks.py): per operation,
+    kind and the fields the problem named (row numbers folded)."""
     if not path.exists():
-        return "no failures dropped"
+        return "none"
     counts: Counter[str] = Counter()
     for line in path.read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
-        counts[f"{entry['operation']}: {entry['kind']}"] += 1
+        names = sorted({_field(name) for name in entry["names"]})
+        counts[f"{entry['operation']}  {entry['kind']}  {', '.join(names)}"] += 1
     return "\n".join(f"{count:5d}  {what}" for what, count in counts.most_common())
 
 
