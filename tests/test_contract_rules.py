@@ -153,3 +153,25 @@ def test_declining_needs_a_note_in_the_spec_too(spec):
     assert "note" in decline["required"]
     move = schemas[forms[0]["$ref"].rsplit("/", 1)[-1]]
     assert "declined" not in move["properties"]["status"]["enum"]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/clinics", {"name": "   "}, "name"),
+    ("/v1/clinics", {"name": "\u00a0\u2003"}, "name"),
+    ("LOCATIONS", {"city": " ", "state": "TX", "lat": 30.0, "lon": -97.0}, "city"),
+    ("LOCATIONS", {"city": "Austin", "state": "TX", "address_line1": "  "}, "address_line1"),
+])  # fmt: skip
+def test_names_and_places_are_not_blank(client, editor, spec, path, body, field):
+    url, _ = clinic(client)
+    response = client.post(path.replace("LOCATIONS", f"{url}/locations"), json=body,
+                           headers=auth(editor["admin"]))  # fmt: skip
+    assert_problem(response, 422, field)
+    pattern = spec["components"]["schemas"]["ClinicCreate"]["properties"]["name"]["pattern"]
+    assert re.fullmatch(pattern, body[field]) is None
+
+
+def test_json_import_rows_take_text_as_text(client, editor):
+    row = {"clinic_name": "Zed PT", "city": "Austin", "state": "TX", "zip": 78701}
+    response = client.post("/v1/admin/imports", query_string={"dry_run": "true"}, json=[row],
+                           headers=auth(editor["admin"]))  # fmt: skip
+    assert [(e["row"], e["field"]) for e in response.get_json()["errors"]] == [(1, "zip")]

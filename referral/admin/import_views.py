@@ -140,8 +140,8 @@ def _documented_column(column: str, field: ma.fields.Field[Any]) -> ma.fields.Fi
     return documented
 
 
-# One JSON row, with the rules of the edit endpoints (the importer also reads numbers given
-# as text, blank text as null, and specialties as one ';'-separated string, as in a CSV).
+# One JSON row, with the rules of the edit endpoints (as in a CSV, blank text also reads as
+# null, and specialties as one ';'-separated string).
 ImportRowSchema = ma.Schema.from_dict(
     {column: _documented_column(column, _SCHEMA_FIELDS[column]) for column in COLUMNS},
     name="ImportRow",

@@ -245,14 +245,14 @@ def read_json(text: str) -> ParsedFile:
 
 
 def _json_value(key: str, raw: Any) -> Any:
+    # Text, or a number for lat and lon (read from text too, as a CSV cell); a number where the
+    # spec's ImportRow says text is refused, not turned into text.
     if raw is None:
         return None
     if isinstance(raw, str):
         return raw.strip() or None
-    if isinstance(raw, bool):
-        raise ValueError("must be a string")
-    if isinstance(raw, int | float):
-        return raw if key in ("lat", "lon") else str(raw)
+    if key in ("lat", "lon") and isinstance(raw, int | float) and not isinstance(raw, bool):
+        return raw
     if key == "specialties" and isinstance(raw, list):
         if not all(isinstance(code, str) for code in raw):
             raise ValueError("must be a list of specialty codes")

@@ -37,11 +37,15 @@ class PlainText:
 
     def __init__(self, *, multiline: bool = False) -> None:
         self.multiline = multiline
-        # What the spec says (apispec documents a validator's ``regex`` as ``pattern``).
-        self.regex = re.compile(f"^[^{_MULTI_LINE_CLASS if multiline else _SINGLE_LINE_CLASS}]*$")
+        # What the spec says (apispec documents a validator's ``regex`` as ``pattern``): no
+        # refused character, and at least one that is not white space.
+        refused = _MULTI_LINE_CLASS if multiline else _SINGLE_LINE_CLASS
+        self.regex = re.compile(rf"^[^{refused}]*[^\s{refused}][^{refused}]*$")
 
     def __call__(self, value: str) -> str:
         reason = text_problem(value, multiline=self.multiline)
         if reason is not None:
             raise ma.ValidationError(reason)
+        if not value.strip():
+            raise ma.ValidationError("must not be blank")
         return value
