@@ -22,17 +22,14 @@ from sqlmodel import Session
 
 from referral import create_app
 from referral.auth.keys import create_key
-from referral.db import get_database, session_scope
-from referral.migrations import runner as migrations
-from referral.seed import seed_all
+from referral.db import get_database
+from tests.conftest import migrate_and_seed
 from tests.faultload import Server, Tally, run, verify
 
 
 def prepare(database_url: str) -> str:
+    migrate_and_seed(database_url)
     app = create_app({"DATABASE_URL": database_url})
-    migrations.upgrade(app)
-    with app.app_context(), session_scope(app) as session:
-        seed_all(session, app)
     with Session(get_database(app).engine) as session:
         _, token = create_key(session, name="fault-bench", scopes=["referrals:write"])
         session.commit()
