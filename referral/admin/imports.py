@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import marshmallow as ma
-from sqlalchemy import CursorResult, Table, bindparam, delete, insert, select, text, update
+from sqlalchemy import CursorResult, Dialect, Table, bindparam, delete, func, select, text, update
 from sqlmodel import Session, SQLModel, col
 
 from referral.admin.models import AdminChange
@@ -832,58 +832,84 @@ def _batches(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start : start + _BATCH]
 
 
-LOCATION_IDENTITY = ("clinic_id", "address_line1", "city", "state", "zip")
+def _driver_value(table: Table, name: str, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What Core does to a value of the column before the driver gets it (the dialect's own
+    type's bind processor: datetimes as text on SQLite, JSON serialized, ...)."""
+    column_type = table.c[name].type
+    return column_type.dialect_impl(dialect).bind_processor(dialect)
 
 
-def _insert_ids(
+def _insert(
     session: Session,
     table: Table,
-    rows: list[dict[str, Any]],
-    key_columns: tuple[str, ...],
+    names: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    constants: dict[str, Any],
     progress: Progress | None,
-) -> list[int]:
-    """Insert ``rows`` (with Core: the ORM splits an executemany into groups by which values
-    are None) and return their new ids, in order.
+) -> None:
+    """INSERT ``rows`` (the values of ``names``; ``constants`` the same in every row) with the
+    driver's executemany, in batches.
 
-    PostgreSQL: the ids are drawn from the table's sequence first, then the rows go in with
-    one executemany (psycopg pipelines it; a multi-row INSERT ... RETURNING instead costs
-    psycopg seconds of query parsing per 100,000 rows). SQLite: INSERT ... RETURNING in
-    batches, the ids matched back by ``key_columns`` (unique among the rows), since SQLite
-    returns rows in order only one row per statement."""
+    Not Core's executemany: its per-row parameter processing (a dict per row, every value
+    through its type) cost more than the database's own work. The values still go through
+    the columns' bind processors, as Core would send them; a constant once, not per row."""
     if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    fixed: list[Any] = []
+    for name, value in constants.items():
+        process = _driver_value(table, name, dialect)
+        fixed.append(process(value) if process is not None else value)
+    tail = tuple(fixed)
+    processors = [
+        (index, process)
+        for index, name in enumerate(names)
+        if (process := _driver_value(table, name, dialect)) is not None
+    ]
+    preparer = dialect.identifier_preparer
+    columns = ", ".join(preparer.quote(name) for name in (*names, *constants))
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {preparer.format_table(table)} ({columns}) "
+        f"VALUES ({', '.join([marker] * (len(names) + len(constants)))})"
+    )
+    for batch in _batches(rows):
+        if processors:
+            values = []
+            for row in batch:
+                cells = list(row)
+                for index, process in processors:
+                    cells[index] = process(cells[index])
+                values.append((*cells, *tail))
+        else:
+            values = [(*row, *tail) for row in batch]
+        connection.exec_driver_sql(sql, values)
+        if progress is not None:
+            progress(len(batch))
+
+
+def _new_ids(session: Session, table: Table, count: int) -> list[int]:
+    """Ids for ``count`` new rows of ``table``, given to them explicitly on insert (so no
+    RETURNING, which SQLite's executemany has not, is needed to learn them).
+
+    PostgreSQL: drawn from the table's sequence. SQLite: the ones SQLite itself would give,
+    the next after the largest (the tables have no AUTOINCREMENT); the transaction already
+    holds SQLite's write lock (``bump_revision`` wrote first), so no one else can take them."""
+    if count == 0:
         return []
     if session.get_bind().dialect.name == "postgresql":
-        ids = list(
+        return list(
             session.execute(
                 text(
                     "SELECT nextval(pg_get_serial_sequence(:table, 'id')) "
                     "FROM generate_series(1, :n)"
                 ),
-                {"table": table.name, "n": len(rows)},
+                {"table": table.name, "n": count},
             ).scalars()
         )
-        statement = insert(table)
-        for batch_ids, batch in zip(_batches(ids), _batches(rows), strict=True):
-            session.execute(
-                statement,
-                [{**row, "id": new_id} for row, new_id in zip(batch, batch_ids, strict=True)],
-            )
-            if progress is not None:
-                progress(len(batch))
-        return ids
-    keyed = {tuple(row[name] for name in key_columns): index for index, row in enumerate(rows)}
-    if len(keyed) != len(rows):
-        raise RuntimeError(f"{table.name}: rows to insert share {key_columns}")
-    found: list[int | None] = [None] * len(rows)
-    returning = insert(table).returning(table.c.id, *(table.c[name] for name in key_columns))
-    for batch in _batches(rows):
-        for returned in session.execute(returning, list(batch)):
-            found[keyed[tuple(returned[1:])]] = returned[0]
-        if progress is not None:
-            progress(len(batch))
-    if any(new_id is None for new_id in found):
-        raise RuntimeError(f"{table.name}: the database did not return every new id")
-    return [new_id for new_id in found if new_id is not None]
+    top = session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
+    return list(range(top + 1, top + 1 + count))
 
 
 def _update_versioned(
@@ -932,6 +958,11 @@ def apply_import(
         return _apply_import(session, plan, actor, source, progress)
 
 
+_CLINIC_NEW = ("id", "name", "phone", "phone_original", "website", "source_text")
+_LOCATION_NEW = ("id", "clinic_id", *LOCATION_FIELDS)
+_CHANGE_NEW = ("entity", "entity_id", "clinic_id", "action", "diff")
+
+
 def _apply_import(
     session: Session,
     plan: ImportPlan,
@@ -939,57 +970,56 @@ def _apply_import(
     source: str | None,
     progress: Progress | None,
 ) -> int:
-    # Bulk statements bypass the ORM's flush hook: mark the directory changed ourselves.
+    # Bulk statements bypass the ORM's flush hook: mark the directory changed ourselves. It
+    # comes first: on SQLite it takes the write lock that _new_ids counts on.
     bump_revision(session)
     now = utcnow()
-    changes: list[dict[str, Any]] = []
-
-    def log(entity: str, entity_id: int, clinic_id: int, action: str, diff: dict[str, Any]) -> None:
-        changes.append(
-            {
-                "at": now,
-                "actor_key_id": actor.key_id,
-                "actor": actor.name,
-                "entity": entity,
-                "entity_id": entity_id,
-                "clinic_id": clinic_id,
-                "action": action,
-                "diff": diff,
-            }
-        )
+    changes: list[tuple[Any, ...]] = []  # _CHANGE_NEW
+    created: dict[str, Any] = {
+        "needs_review": False,
+        "review_reasons": [],
+        "seed_key": None,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
 
     # Clinics: new ones (their ids are needed for their locations), then changed ones.
     new_clinics = [clinic for clinic in plan.clinics if clinic.action == CREATED]
-    source_file = f"import: {source}"[:200] if source else "import"
-    clinic_rows: list[dict[str, Any]] = [
-        {
-            "name": clinic.name,
-            "phone": clinic.phone,
-            "phone_original": clinic.phone_original,
-            "website": clinic.website,
-            "source_file": source_file,
-            "source_text": f"imported by {actor.name} (row {clinic.first_row})",
-            "needs_review": False,
-            "review_reasons": [],
-            "active": True,
-            "seed_key": None,
-            "created_at": now,
-            "updated_at": now,
-            "version": 1,
-        }
-        for clinic in new_clinics
-    ]
+    clinic_table = _table(Clinic)
     for clinic, clinic_id in zip(
-        new_clinics,
-        _insert_ids(session, _table(Clinic), clinic_rows, ("name", "phone"), progress),
-        strict=True,
+        new_clinics, _new_ids(session, clinic_table, len(new_clinics)), strict=True
     ):
         clinic.id = clinic_id
-        log("clinic", clinic_id, clinic_id, "create", change_diff({}, clinic.state()))
+    _insert(
+        session,
+        clinic_table,
+        _CLINIC_NEW,
+        [
+            (
+                clinic.id,
+                clinic.name,
+                clinic.phone,
+                clinic.phone_original,
+                clinic.website,
+                f"imported by {actor.name} (row {clinic.first_row})",
+            )
+            for clinic in new_clinics
+        ],
+        {
+            "source_file": f"import: {source}"[:200] if source else "import",
+            "active": True,
+            **created,
+        },
+        progress,
+    )
+    for clinic in new_clinics:
+        assert clinic.id is not None
+        changes.append(("clinic", clinic.id, clinic.id, "create", change_diff({}, clinic.state())))
     changed_clinics = [clinic for clinic in plan.clinics if clinic.action == UPDATED]
     _update_versioned(
         session,
-        _table(Clinic),
+        clinic_table,
         ("name", "website", "updated_at"),
         [
             {
@@ -1005,42 +1035,41 @@ def _apply_import(
     )
     for clinic in changed_clinics:
         assert clinic.id is not None and clinic.before is not None
-        log("clinic", clinic.id, clinic.id, "update", change_diff(clinic.before, clinic.state()))
+        changes.append(
+            ("clinic", clinic.id, clinic.id, "update", change_diff(clinic.before, clinic.state()))
+        )
     _write_specialties(session, plan, actor)
 
     # Locations: new ones, then changed ones.
     new_locations = [location for location in plan.locations if location.action == CREATED]
-    location_rows = []
-    for location in new_locations:
-        assert location.clinic.id is not None
-        location_rows.append(
-            {
-                **location.values,
-                "clinic_id": location.clinic.id,
-                "city_original": None,
-                "state_original": None,
-                "needs_review": False,
-                "review_reasons": [],
-                "seed_key": None,
-                "created_at": now,
-                "updated_at": now,
-                "version": 1,
-            }
-        )
+    location_table = _table(Location)
     for location, location_id in zip(
-        new_locations,
-        _insert_ids(session, _table(Location), location_rows, LOCATION_IDENTITY, progress),
-        strict=True,
+        new_locations, _new_ids(session, location_table, len(new_locations)), strict=True
     ):
         location.id = location_id
-        assert location.clinic.id is not None
-        log("location", location_id, location.clinic.id, "create", change_diff({}, location.values))
+    _insert(
+        session,
+        location_table,
+        _LOCATION_NEW,
+        [
+            (location.id, location.clinic.id, *(location.values[name] for name in LOCATION_FIELDS))
+            for location in new_locations
+        ],
+        {"city_original": None, "state_original": None, **created},
+        progress,
+    )
+    for location in new_locations:
+        assert location.id is not None and location.clinic.id is not None
+        changes.append(
+            ("location", location.id, location.clinic.id, "create",
+             change_diff({}, location.values))
+        )  # fmt: skip
     changed_locations = [location for location in plan.locations if location.action == UPDATED]
     moved = ("address_line1", "city", "state", "zip", "lat", "lon",
              "geocode_precision", "geocode_source", "time_zone")  # fmt: skip
     _update_versioned(
         session,
-        _table(Location),
+        location_table,
         (*moved, "updated_at"),
         [
             {
@@ -1055,20 +1084,25 @@ def _apply_import(
     )
     for location in changed_locations:
         assert location.id is not None and location.before is not None
-        log("location", location.id, location.clinic.id or 0, "update",
-            change_diff(location.before, location.values))  # fmt: skip
+        changes.append(
+            ("location", location.id, location.clinic.id or 0, "update",
+             change_diff(location.before, location.values))
+        )  # fmt: skip
 
-    change_table = _table(AdminChange)
-    for batch in _batches(changes):
-        session.execute(insert(change_table), list(batch))
-        if progress is not None:
-            progress(len(batch))
+    _insert(
+        session,
+        _table(AdminChange),
+        _CHANGE_NEW,
+        changes,
+        {"at": now, "actor_key_id": actor.key_id, "actor": actor.name},
+        progress,
+    )
     return len(changes)
 
 
 def _write_specialties(session: Session, plan: ImportPlan, actor: Actor) -> None:
     removed: list[dict[str, Any]] = []
-    added: list[dict[str, Any]] = []
+    added: list[tuple[int, str]] = []
     for clinic in plan.clinics:
         if clinic.action == UNCHANGED:
             continue
@@ -1076,10 +1110,7 @@ def _write_specialties(session: Session, plan: ImportPlan, actor: Actor) -> None
         before = set(clinic.before["specialties"]) if clinic.before else set()
         after = set(clinic.specialties)
         removed.extend({"b_clinic": clinic.id, "b_code": code} for code in sorted(before - after))
-        added.extend(
-            {"clinic_id": clinic.id, "specialty_code": code, "reason": f"set by {actor.name}"}
-            for code in sorted(after - before)
-        )
+        added.extend((clinic.id, code) for code in sorted(after - before))
     table = _table(ClinicSpecialty)
     if removed:
         session.execute(
@@ -1089,8 +1120,14 @@ def _write_specialties(session: Session, plan: ImportPlan, actor: Actor) -> None
             ),
             removed,
         )
-    for batch in _batches(added):
-        session.execute(insert(table), list(batch))
+    _insert(
+        session,
+        table,
+        ("clinic_id", "specialty_code"),
+        added,
+        {"reason": f"set by {actor.name}"},
+        None,
+    )
 
 
 __all__ = [
