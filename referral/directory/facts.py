@@ -5,9 +5,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
 from referral.directory.hours import is_open
-from referral.directory.models import Location
+
+
+class HasFacts(Protocol):
+    """A location, as an ORM row or a record (referral/directory/records.py)."""
+
+    @property
+    def opening_hours(self) -> dict[str, Any] | None: ...
+    @property
+    def hours_exceptions(self) -> list[dict[str, Any]] | None: ...
+    @property
+    def time_zone(self) -> str | None: ...
+    @property
+    def accepting_new_patients(self) -> bool | None: ...
+    @property
+    def telehealth(self) -> bool | None: ...
+    @property
+    def languages(self) -> list[str] | None: ...
 
 
 @dataclass(frozen=True)
@@ -19,7 +36,7 @@ class FactFilter:
     telehealth: bool | None = None
     language: str | None = None
 
-    def unknowns(self, location: Location) -> list[str] | None:
+    def unknowns(self, location: HasFacts) -> list[str] | None:
         """None when the location fails a known fact; else the filters it is unknown for
         (an empty list: it matches)."""
         unknown = []

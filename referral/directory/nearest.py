@@ -3,8 +3,9 @@
 Everything that asks for nearest locations calls ``find_nearest``. Candidates come from a
 per-worker in-memory spatial index (referral/directory/spatial_index.py) in increasing
 distance, with a proven bound that stops the scan once nothing further can enter the answer;
-the rows of the chosen candidates are then read from the database and checked again, so what
-is shown is never older than the database even while the index is.
+the rows of the chosen candidates are then read from the database (as plain records, one
+Core query: referral/directory/records.py) and checked again, so what is shown is never older
+than the database even while the index is.
 
 Freshness: each worker reads the directory's revision (one primary-key row, bumped with every
 directory change: referral/directory/revision.py) at most every NEAREST_INDEX_CHECK_SECONDS,
@@ -25,12 +26,12 @@ from dataclasses import dataclass, field
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import joinedload
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from referral.db import get_session
 from referral.directory.facts import NO_FACTS, FactFilter
-from referral.directory.models import Clinic, Location
+from referral.directory.models import Location
+from referral.directory.records import LocationRecord, read_locations
 from referral.directory.revision import local_generation, read_revision
 from referral.directory.spatial_index import DirectoryIndex, NearestSearch, load_index
 from referral.geo.distance import geodesic_km, km_to_miles
@@ -42,7 +43,8 @@ DEFAULT_CHECK_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class NearestHit:
-    location: Location
+    # find_nearest's hits hold records; callers ranking ORM rows of their own may use those.
+    location: LocationRecord | Location
     distance_km: float
 
     @property
@@ -107,7 +109,7 @@ def _verified(
         unread = [location_id for _, location_id, _ in best if location_id not in checked]
         if not unread:
             break
-        rows = _rows(session, unread)
+        rows = read_locations(session.connection(), unread)
         for km, location_id, point in best:
             if location_id in checked:
                 continue
@@ -128,19 +130,7 @@ def _verified(
     return hits
 
 
-def _rows(session: Session, ids: list[int]) -> dict[int, Location]:
-    query = (
-        select(Location)
-        .where(col(Location.id).in_(ids))
-        .options(
-            # One query for the locations with their clinics, one for the clinics' specialties.
-            joinedload(Location.clinic).selectinload(Clinic.specialty_links)  # type: ignore[arg-type]
-        )
-    )
-    return {location.id: location for location in session.exec(query) if location.id is not None}
-
-
-def _still_matches(location: Location, required: set[str], facts: FactFilter) -> bool:
+def _still_matches(location: LocationRecord, required: set[str], facts: FactFilter) -> bool:
     clinic = location.clinic
     if not (location.active and clinic.active) or location.lat is None or location.lon is None:
         return False

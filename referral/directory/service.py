@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, or_
+from sqlalchemy import Engine, func, or_
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import ColumnElement
 from sqlmodel import Session, col, select
@@ -27,12 +29,35 @@ def list_specialties(session: Session) -> list[Specialty]:
     return list(session.exec(select(Specialty).order_by(col(Specialty.code))).all())
 
 
+# The specialty vocabulary, per database, as last read: asked on every search with a
+# specialty, it changes only when seed_data/ is loaded again. A code not in it is looked up
+# again at once (a new code is known at its first use); a removed one is forgotten within
+# VOCABULARY_SECONDS (until then a search for it finds nothing rather than a 422).
+VOCABULARY_SECONDS = 60.0
+_vocabularies: weakref.WeakKeyDictionary[Engine, tuple[float, frozenset[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _vocabulary(session: Session, *, fresh: bool) -> frozenset[str]:
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    cached = _vocabularies.get(engine)
+    now = time.monotonic()
+    if fresh or cached is None or now - cached[0] > VOCABULARY_SECONDS:
+        cached = (now, frozenset(session.exec(select(Specialty.code)).all()))
+        _vocabularies[engine] = cached
+    return cached[1]
+
+
 def check_specialties(session: Session, codes: Sequence[str]) -> list[str]:
     """Return the codes, deduplicated in order, or raise naming the unknown ones."""
     wanted = list(dict.fromkeys(codes))
     if not wanted:
         return []
-    known = set(session.exec(select(Specialty.code).where(col(Specialty.code).in_(wanted))).all())
+    known = _vocabulary(session, fresh=False)
+    if not known.issuperset(wanted):
+        known = _vocabulary(session, fresh=True)
     unknown = [code for code in wanted if code not in known]
     if unknown:
         raise UnknownSpecialtyError(unknown)

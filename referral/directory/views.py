@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 from typing import Any
 
-from flask import request, url_for
+from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -32,6 +33,9 @@ from referral.directory.schemas import (
     NearestQueryArgsSchema,
     NearestResponseSchema,
     SpecialtySchema,
+    clinic_summary_json,
+    location_json,
+    origin_json,
 )
 from referral.geo.chain import get_geocoder
 from referral.geo.distance import miles_to_km
@@ -285,9 +289,24 @@ def _hit(hit: NearestHit, now: datetime) -> dict[str, Any]:
         "open_now": is_open(
             location.opening_hours, location.hours_exceptions, location.time_zone, now
         ),
-        "location": hit.location,
-        "clinic": hit.location.clinic,
+        "location": location_json(location),
+        "clinic": clinic_summary_json(location.clinic),
     }
+
+
+def _radius_json(radius: float | None, unit: str, km: float | None) -> dict[str, Any] | None:
+    """What RadiusSchema dumps."""
+    if radius is None or km is None:
+        return None
+    return {"value": float(radius), "unit": unit, "km": float(km)}
+
+
+def _json_response(data: dict[str, Any]) -> Response:
+    """``data`` as JSON, as flask-smorest's @response would send it, with an ETag from the
+    bytes sent (no second serialization to compute it; 304 when the client has them)."""
+    body = current_app.json.dumps(data) + "\n"
+    locations_blp.set_etag(hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest())
+    return current_app.response_class(body, mimetype="application/json")
 
 
 @locations_blp.route("/nearest")
@@ -321,16 +340,20 @@ class NearestLocations(MethodView):
             facts=facts,
         )
         outside = found.nearest_outside_radius
-        return {
-            "origin": origin,
-            "radius": None if radius is None else {"value": radius, "unit": unit, "km": radius_km},
-            "unit": unit,
-            "specialties": specialties,
-            "count": len(found.hits),
-            "results": [_hit(hit, now) for hit in found.hits],
-            "nearest_outside_radius": _hit(outside, now) if outside else None,
-            "excluded_unknown": found.excluded_unknown,
-        }
+        # Dumped here rather than by NearestResponseSchema (which documents it): see
+        # location_json in referral/directory/schemas.py.
+        return _json_response(
+            {
+                "origin": origin_json(origin),
+                "radius": _radius_json(radius, unit, radius_km),
+                "unit": unit,
+                "specialties": [str(code) for code in specialties],
+                "count": len(found.hits),
+                "results": [_hit(hit, now) for hit in found.hits],
+                "nearest_outside_radius": _hit(outside, now) if outside else None,
+                "excluded_unknown": dict(found.excluded_unknown),
+            }
+        )
 
 
 __all__ = ["clinics_blp", "locations_blp", "specialties_blp"]

@@ -228,6 +228,10 @@ class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = HardenedParser()
 
     def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Any:
+        if isinstance(schema, type):
+            # One instance per operation: given the class, webargs builds a new schema (a deep
+            # copy of every field) for each request; a schema keeps no state between loads.
+            schema = schema()
         decorator = super().arguments(schema, location=location, **kwargs)
         if location != "json":
             return decorator

@@ -1,0 +1,160 @@
+"""The nearest answer is dumped by hand (referral/directory/schemas.py: location_json and
+friends) and read as plain records (referral/directory/records.py): both must give exactly
+what the documented marshmallow schemas give for the ORM rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from referral.db import get_session, session_scope
+from referral.directory.models import Clinic, Location
+from referral.directory.nearest import find_nearest
+from referral.directory.records import read_locations
+from referral.directory.schemas import (
+    ClinicSummarySchema,
+    LocationSchema,
+    NearestResponseSchema,
+    clinic_summary_json,
+    location_json,
+)
+
+ODD_FACTS: list[dict[str, Any]] = [
+    {
+        "opening_hours": {"mon": [["08:00", "12:00"], ["13:00", "17:30"]], "sat": []},
+        "hours_exceptions": [{"date": "2026-12-25", "closed": True, "note": "Christmas"}],
+        "accepting_new_patients": True,
+        "telehealth": False,
+        "languages": ["en", "es", "vi"],
+        "review_reasons": ["phone missing", "name missing"],
+        "needs_review": True,
+        "address_line2": "Suite 200",
+    },
+    {
+        "opening_hours": {},
+        "hours_exceptions": [],
+        "accepting_new_patients": None,
+        "telehealth": None,
+        "languages": [],
+        "time_zone": None,
+        "geocode_source": None,
+    },
+    {"opening_hours": None, "hours_exceptions": None, "languages": None, "active": False},
+]
+
+
+@pytest.fixture
+def odd_directory(app):
+    """The seed, plus locations and clinics with every kind of value set or unknown."""
+    with session_scope(app) as session:
+        locations = list(session.exec(select(Location).order_by(Location.id)).all())
+        for location, facts in zip(locations, ODD_FACTS, strict=False):
+            for name, value in facts.items():
+                setattr(location, name, value)
+        clinic = locations[0].clinic
+        clinic.name, clinic.phone, clinic.website = None, None, None
+        clinic.needs_review = True
+        clinic.review_reasons = ["name missing"]
+    return app
+
+
+def test_records_dump_as_the_schemas_dump_the_rows(odd_directory):
+    with odd_directory.app_context():
+        session = get_session()
+        rows = session.exec(select(Location)).all()
+        assert len(rows) > 30
+        records = read_locations(session.connection(), [row.id for row in rows])
+        assert set(records) == {row.id for row in rows}
+        for row in rows:
+            record = records[row.id]
+            expected = LocationSchema().dump(row)
+            assert location_json(record) == expected
+            assert location_json(row) == expected
+            expected_clinic = ClinicSummarySchema().dump(row.clinic)
+            assert clinic_summary_json(record.clinic) == expected_clinic
+            assert clinic_summary_json(row.clinic) == expected_clinic
+
+
+def test_records_of_unknown_ids_are_absent(app):
+    with app.app_context():
+        assert read_locations(get_session().connection(), [10**9, -1]) == {}
+        assert read_locations(get_session().connection(), []) == {}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "zip=78201&limit=5",
+        "lat=30.27&lon=-97.74&specialty=orthopedic&limit=10",
+        "city=Austin&state=tx&radius=25&unit=km&limit=3",
+        "lat=47.6&lon=-122.3&radius=1&unit=mi",  # nothing inside: nearest_outside_radius
+        "lat=30.27&lon=-97.74&accepting_new_patients=true&language=es&telehealth=false",
+        "lat=30.27&lon=-97.74&open_now=true",
+    ],
+)
+def test_the_nearest_answer_is_what_the_schema_dumps(odd_directory, client, query):
+    response = client.get(f"/v1/locations/nearest?{query}")
+    assert response.status_code == 200
+    body = response.get_json()
+    with odd_directory.app_context():
+        session = get_session()
+        hits = [*body["results"], *filter(None, [body["nearest_outside_radius"]])]
+
+        def orm_hit(hit: dict[str, Any]) -> dict[str, Any]:
+            location = session.get(Location, hit["location"]["id"])
+            assert location is not None
+            return {**hit, "location": location, "clinic": session.get(Clinic, location.clinic_id)}
+
+        expected = NearestResponseSchema().dump(
+            {
+                **body,
+                "origin": body["origin"],
+                "results": [orm_hit(hit) for hit in body["results"]],
+                "nearest_outside_radius": orm_hit(body["nearest_outside_radius"])
+                if body["nearest_outside_radius"]
+                else None,
+            }
+        )
+        assert hits or "radius" in query
+    assert body == expected
+
+
+def test_the_etag_is_of_the_bytes_sent_and_304_repeats_it(client):
+    path = "/v1/locations/nearest?zip=78201&limit=3"
+    first = client.get(path)
+    etag = first.headers["ETag"]
+    assert client.get(path).headers["ETag"] == etag  # same answer, same tag
+    again = client.get(path, headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.headers["ETag"] == etag
+    assert again.data == b""
+    other = client.get("/v1/locations/nearest?zip=78201&limit=2")
+    assert other.headers["ETag"] != etag
+    assert first.mimetype == "application/json"
+
+
+def test_an_edit_changes_the_answer_and_its_etag(app, client):
+    path = "/v1/locations/nearest?zip=78201&limit=1"
+    before = client.get(path)
+    location_id = before.get_json()["results"][0]["location"]["id"]
+    with session_scope(app) as session:
+        location = session.get(Location, location_id)
+        assert location is not None
+        location.address_line2 = "Suite 9"
+        location.updated_at = datetime(2026, 11, 23, tzinfo=UTC)
+    after = client.get(path, headers={"If-None-Match": before.headers["ETag"]})
+    assert after.status_code == 200
+    assert after.get_json()["results"][0]["location"]["address_line2"] == "Suite 9"
+    assert after.get_json()["results"][0]["location"]["updated_at"] == "2026-11-23T00:00:00+00:00"
+
+
+def test_find_nearest_hits_are_records_not_orm_rows(app):
+    with app.app_context():
+        session = get_session()
+        found = find_nearest(session, 30.27, -97.74, limit=3)
+        assert found.hits
+        assert not any(isinstance(hit.location, Location) for hit in found.hits)
+        assert len(session.identity_map) == 0  # nothing loaded into the session
