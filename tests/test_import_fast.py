@@ -1,0 +1,164 @@
+"""The import's fast cell checks agree with the reference: the admin API's marshmallow fields
+and normalize_phone (phonenumbers). A fast path may say "not sure"; it may never accept a value
+the reference refuses, nor give another value."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import marshmallow as ma
+import phonenumbers
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from marshmallow import validate
+
+from referral.admin import imports
+from referral.admin.import_fast import UNSURE, compile_field, fast_phone, nanp_valid
+from referral.admin.service import EditError, normalize_phone
+
+FAST_COLUMNS = sorted(imports._FAST)
+KNOWN_SPECIALTIES = {"orthopedic", "spine", "sports"}
+
+# Odd and hostile cells: edges of every rule, look-alike digits, controls, bidi overrides.
+ODD = [
+    "", " ", "a", "ab", "abc", "x" * 40, "x" * 41, "x" * 100, "x" * 101, "x" * 200, "x" * 201,
+    "x" * 300, "x" * 301, "Clinic\x00", "Clinic\x01", "Clinic\x7f", "Clinic\x85", "Clinic\t",
+    "Cl\u202einic", "Cl\u2066inic", "Cl\u200binic", "Cl\ufeffinic", "Cl\u200dinic", "  Lake  ",
+    "Zoë Physio", "東京", "\u00a0", "\u2003", "line\nbreak", "line\rbreak",
+    "12345", "12345-6789", "1234", "123456", "12345-678", "12345\n", "٠١٢٣٤",
+    "\uff11\uff12\uff13\uff14\uff15",
+    "0", "-0", "90", "90.0", "90.0000001", "-90", "-90.5", "180", "-180", "180.01", "1e1",
+    "1e400", "-1e400", "nan", "NaN", "inf", "-inf", "Infinity", "1_0", " 44.9", "44.9 ", "0x10",
+    "44,9", "٤٤.٩", "\uff11\uff12", "+45", "--4", ".5", "5.", "1e-400",
+    "https://a.example.com", "http://x.io/", "https://x.io:8080/p?q#f", "ftp://x.io",
+    "https://x", "https://-x.io", "https://x.io/ space", "https://x.io/\u00e9", "HTTPS://X.IO",
+    "TX", "tx", "XX", "Tx", "\u0131N",
+    "(612) 555-0147", "612-555-0147", "612.555.0147", "6125550147", "+1 612 555 0147",
+    "+16125550147", "+1-612-555-0147", "+1 (612) 555-0147", "(612)555-0147", "612 555 0147",
+    "(012) 555-0147", "(112) 555-0147", "(612) 055-0147", "(612) 155-0147", "(800) 555-0147",
+    "(900) 555-0147", "(612) 555-0147 x12", "612-555-CALL", "1-612-555-0147", "1 612 555 0147",
+    "011 44 20 7946 0958", "+44 20 7946 0958", "+1 \uff16\uff11\uff12 555 0147", "(612 555-0147",
+    "612) 555-0147", "+1  612 555 0147", "612--555-0147", "+2 612 555 0147", "911",
+]  # fmt: skip
+
+
+PHONE_SHAPES = [
+    "({a}) {b}-{c}", "{a}-{b}-{c}", "{a}.{b}.{c}", "{a}{b}{c}", "+1 {a} {b} {c}", "+1{a}{b}{c}",
+    "+1 ({a}) {b}-{c}", "1 {a} {b} {c}", "{a} {b} {c} x9", "({a}) {b}.{c}", "+1-{a}-{b}-{c}",
+]  # fmt: skip
+
+
+def reference(column: str, raw: Any) -> tuple[Any, str | None]:
+    return imports._Validator(KNOWN_SPECIALTIES)._reference(column, raw)
+
+
+def agrees(column: str, raw: str) -> None:
+    fast = imports._FAST[column](raw)
+    if fast is UNSURE:
+        return
+    value, reason = reference(column, raw)
+    assert reason is None, (column, raw, fast, reason)
+    assert (type(fast), fast) == (type(value), value), (column, raw)
+
+
+def test_the_fast_paths_cover_the_per_row_columns() -> None:
+    # The columns whose values rarely repeat are the ones a fast path pays for.
+    assert {"clinic_name", "address", "lat", "lon", "phone", "website", "zip", "city"} <= set(
+        FAST_COLUMNS
+    )
+
+
+@pytest.mark.parametrize("column", FAST_COLUMNS)
+@pytest.mark.parametrize("raw", ODD)
+def test_fast_path_never_disagrees_on_odd_cells(column: str, raw: str) -> None:
+    agrees(column, raw)
+
+
+@pytest.mark.parametrize(
+    ("column", "raw", "value"),
+    [
+        ("clinic_name", "Lakeside Running Clinic", "Lakeside Running Clinic"),
+        ("address", "1 Main St", "1 Main St"),
+        ("city", "Minneapolis", "Minneapolis"),
+        ("zip", "55401", "55401"),
+        ("zip", "55401-1234", "55401-1234"),
+        ("website", "https://lakeside.example.com", "https://lakeside.example.com"),
+        ("lat", "44.9", 44.9),
+        ("lon", "-93.27", -93.27),
+        ("lat", "-90", -90.0),
+        ("phone", "(612) 555-0147", "+16125550147"),
+        ("phone", "+1 612 555 0147", "+16125550147"),
+    ],
+)
+def test_fast_path_takes_everyday_cells(column: str, raw: str, value: Any) -> None:
+    fast = imports._FAST[column](raw)
+    assert fast == value
+    assert reference(column, raw) == (value, None)
+
+
+@pytest.mark.parametrize("column", [*FAST_COLUMNS, "state", "specialties"])
+@pytest.mark.parametrize("raw", ODD)
+def test_validator_answers_as_the_reference(column: str, raw: str) -> None:
+    """Values and error messages alike, whichever path a cell takes."""
+    validator = imports._Validator(KNOWN_SPECIALTIES)
+    if column == "specialties":
+        expected = reference(column, tuple(code for code in [raw.strip()] if code))
+    else:
+        expected = reference(column, raw)
+    assert validator.check(column, raw) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(column=st.sampled_from(FAST_COLUMNS), raw=st.text(max_size=60))
+def test_fast_path_never_disagrees_on_any_text(column: str, raw: str) -> None:
+    agrees(column, raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    column=st.sampled_from(["lat", "lon"]),
+    number=st.floats(allow_nan=True, allow_infinity=True),
+    style=st.sampled_from(["{}", "{:.6f}", "{:e}", " {} "]),
+)
+def test_fast_path_never_disagrees_on_numbers(column: str, number: float, style: str) -> None:
+    agrees(column, style.format(number))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.sampled_from(PHONE_SHAPES),
+    a=st.integers(0, 999),
+    b=st.integers(0, 999),
+    c=st.integers(0, 9999),
+)
+def test_fast_phone_is_normalize_phone(shape: str, a: int, b: int, c: int) -> None:
+    text = shape.format(a=f"{a:03d}", b=f"{b:03d}", c=f"{c:04d}")
+    try:
+        expected: str | None = normalize_phone(text)
+    except EditError:
+        expected = None
+    fast = fast_phone(text)
+    assert fast is None or fast == expected
+
+
+def test_nanp_validity_is_phonenumbers() -> None:
+    """Every area code, with a spread of exchanges and line numbers."""
+    draw = random.Random(20261123)
+    valid = 0
+    for area in range(200, 1000):
+        for _ in range(8):
+            nsn = f"{area}{draw.randrange(1000):03d}{draw.randrange(10000):04d}"
+            number = phonenumbers.PhoneNumber(country_code=1, national_number=int(nsn))
+            expected = phonenumbers.is_valid_number(number)
+            assert nanp_valid(nsn) is expected, nsn
+            valid += expected
+    assert valid > 1000  # the sample holds valid numbers, not only invalid ones
+
+
+def test_fields_with_an_unknown_rule_get_no_fast_path() -> None:
+    assert compile_field(ma.fields.String(validate=validate.OneOf(["a"]))) is None
+    assert compile_field(ma.fields.String(validate=lambda value: True)) is None
+    assert compile_field(ma.fields.Integer()) is None
+    assert compile_field(ma.fields.String(validate=validate.Length(max=3))) is not None
