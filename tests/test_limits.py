@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from limits.storage import RedisStorage
 from sqlmodel import Session
 
 from referral.auth.keys import create_key
 from referral.db import get_database
-from referral.ops.limits import RATE_LIMITED_RESPONSE, limited_operations
+from referral.ops.limits import RATE_LIMITED_RESPONSE, OneTripRedisStorage, limited_operations
 from tests.conftest import build_app, skip_or_fail
 from tests.helpers import assert_problem, auth
 from tests.live import serve
@@ -227,6 +228,69 @@ def test_limit_keys_in_redis_name_no_key_or_token(database_url, redis_url, key_p
     _, key_id, secret = key.split("_", 2)
     for name in names:
         assert key_id not in name and secret not in name and key not in name, name
+
+
+def _headers(response: Any) -> tuple[str | None, ...]:
+    return tuple(
+        response.headers.get(name)
+        for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+    )
+
+
+def test_a_limited_request_costs_one_redis_round_trip(database_url, redis_url, key_prefix):
+    """Counting a public request and reading its counter and reset time back for the
+    headers is one round trip (OneTripRedisStorage), and the headers say what limits' own
+    Redis storage says about the same counter."""
+    app = build_app(
+        database_url,
+        RATELIMIT_STORAGE_URI=redis_url,
+        RATELIMIT_KEY_PREFIX=key_prefix,
+        RATELIMIT_PUBLIC="3 per hour",
+    )
+    limiter = app.extensions["referral_limiter"]
+    storage = limiter.storage
+    assert isinstance(storage, OneTripRedisStorage)
+    assert app.config["RATELIMIT_STORAGE_URI"] == redis_url  # the setting as given
+    connection = storage.get_connection()
+    commands: list[str] = []
+    send = connection.execute_command
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        commands.append(str(args[0]))
+        return send(*args, **kwargs)
+
+    connection.execute_command = counted  # a spy: every command still goes to Redis
+    client = app.test_client()
+    seen = []
+    for _ in range(4):
+        commands.clear()
+        response = client.get("/v1/specialties")
+        seen.append((response.status_code, _headers(response)))
+        assert len(commands) == 1, commands
+    assert [status for status, _ in seen] == [200, 200, 200, 429]
+    assert [headers[1] for _, headers in seen] == ["2", "1", "0", "0"]
+    assert {headers[0] for _, headers in seen} == {"3"}
+    # limits' own storage reads the same counter and time to live from Redis.
+    plain = RedisStorage(redis_url)
+    (name,) = [n.decode() for n in plain.get_connection().scan_iter(match=f"*{key_prefix}*")]
+    key = name.removeprefix(f"{plain.key_prefix}:")
+    assert plain.get(key) == 4
+    reset = int(seen[-1][1][2] or 0)
+    assert abs(int(plain.get_expiry(key)) + 1 - reset) <= 2
+    plain.get_connection().close()
+    get_database(app).dispose()
+
+
+def test_reads_not_following_a_hit_go_to_redis(redis_url, key_prefix):
+    storage = OneTripRedisStorage(f"referral+{redis_url}", key_prefix=key_prefix)
+    assert storage.incr("a", 60) == 1
+    assert storage.get("a") == 1 and storage.get_expiry("a") > 0  # answered from the hit
+    storage.get_connection().incrby(storage.prefixed_key("a"), 5)  # someone else counts
+    assert storage.get("a") == 6  # a second read asks Redis
+    assert storage.get("b") == 0
+    storage.incr("a", 60)
+    assert storage.get("other") == 0  # another key: asked, and the hit's answer kept
+    assert storage.get("a") == 7
 
 
 # --- live: two gunicorn workers ---------------------------------------------------------------

@@ -19,12 +19,14 @@ process, so with several workers or machines every process allows the full rate;
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RouteLimit
 from flask_smorest.spec.plugins import FlaskPlugin
+from limits.storage import RedisStorage
 
 # Blueprints whose GETs are the public directory (names as registered by referral.web).
 PUBLIC_BLUEPRINTS = ("clinics", "locations", "specialties", "concerns", "exports")
@@ -80,6 +82,61 @@ def _retry_after_at_least_one_second(response: Response) -> Response:
     return response
 
 
+class OneTripRedisStorage(RedisStorage):
+    """limits' Redis storage, but a hit costs one round trip instead of three.
+
+    Flask-Limiter counts a request (``incr``) and then, for the X-RateLimit-* and
+    Retry-After headers, reads the same counter back (``get``) and its time to live
+    (``get_expiry``): three round trips for every public request. Here the increment's
+    script also returns the time to live, and the two reads that follow it in the same
+    thread are answered from that (each once), so they cost nothing; any other read goes
+    to Redis as before. Used for every ``redis://`` and ``rediss://`` RATELIMIT_STORAGE_URI.
+    """
+
+    STORAGE_SCHEME = ["referral+redis", "referral+rediss"]
+    SCRIPT_INCR_EXPIRE_TTL = b"""
+local amount = tonumber(ARGV[2])
+local current = redis.call("incrby", KEYS[1], amount)
+if tonumber(current) == amount then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+return {current, redis.call("ttl", KEYS[1])}
+"""
+
+    def __init__(self, uri: str, **options: Any) -> None:
+        super().__init__(uri.removeprefix("referral+"), **options)
+        self._last_hit = threading.local()
+
+    def initialize_storage(self, uri: str) -> None:
+        super().initialize_storage(uri)
+        self.lua_incr_expire_ttl = self.get_connection().register_script(
+            self.SCRIPT_INCR_EXPIRE_TTL
+        )
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        current, ttl = self.lua_incr_expire_ttl([self.prefixed_key(key)], [expiry, amount])
+        # (key, count, expiry time, which of the two reads are still unanswered)
+        self._last_hit.value = [key, int(current), max(int(ttl), 0) + time.time(), 2]
+        return int(current)
+
+    def _answer(self, key: str, index: int) -> Any:
+        last = getattr(self._last_hit, "value", None)
+        if last is None or last[0] != key:
+            return None
+        last[3] -= 1
+        if last[3] <= 0:
+            self._last_hit.value = None
+        return last[index]
+
+    def get(self, key: str) -> int:
+        count = self._answer(key, 1)
+        return int(super().get(key)) if count is None else int(count)
+
+    def get_expiry(self, key: str) -> float:
+        expiry = self._answer(key, 2)
+        return float(super().get_expiry(key)) if expiry is None else float(expiry)
+
+
 def init_app(app: Flask) -> None:
     # Registered before the limiter's own hook, so it runs after it (Flask runs after-request
     # hooks in reverse) and sees the headers the limiter wrote.
@@ -91,7 +148,15 @@ def init_app(app: Flask) -> None:
         options.setdefault("socket_connect_timeout", 1)
         options.setdefault("socket_timeout", 1)
     app.config["RATELIMIT_STORAGE_OPTIONS"] = options
-    limiter = Limiter(key_func=client_ip, app=app)
+    configured = app.config.get("RATELIMIT_STORAGE_URI")
+    if storage_uri.startswith(("redis://", "rediss://")):
+        # Flask-Limiter picks the storage by the URI's scheme when it reads the config: ours
+        # (OneTripRedisStorage), while it reads; the setting itself stays as given.
+        app.config["RATELIMIT_STORAGE_URI"] = f"referral+{storage_uri}"
+    try:
+        limiter = Limiter(key_func=client_ip, app=app)
+    finally:
+        app.config["RATELIMIT_STORAGE_URI"] = configured
     app.extensions["referral_limiter"] = limiter
 
     public = limiter.shared_limit(
