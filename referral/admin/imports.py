@@ -355,18 +355,19 @@ class _Validator:
 
     def check(self, column: str, raw: Any) -> tuple[Any, str | None]:
         """(value, None) or (None, reason)."""
-        if column == "specialties" and raw is not None:
-            codes = raw.split(SPECIALTY_SEPARATOR) if isinstance(raw, str) else raw
-            raw = tuple(code.strip() for code in codes if code.strip())
         cache = self._cache.get(column)
         if cache is None:
             return self._check(column, raw)
-        found = cache.get(raw)
+        key = tuple(raw) if type(raw) is list else raw  # specialties as a JSON list
+        found = cache.get(key)
         if found is None:
-            found = cache[raw] = self._check(column, raw)
+            found = cache[key] = self._check(column, raw)
         return found
 
     def _check(self, column: str, raw: Any) -> tuple[Any, str | None]:
+        if column == "specialties":
+            codes = raw.split(SPECIALTY_SEPARATOR) if isinstance(raw, str) else raw
+            return self._reference(column, tuple(code.strip() for code in codes if code.strip()))
         if type(raw) is str:
             fast = _FAST.get(column)
             if fast is not None:
@@ -399,6 +400,7 @@ class _Validator:
         values = source.values
         checked: dict[str, Any] = {}
         failed = False
+        caches = self._cache
         for column in COLUMNS:
             raw = values.get(column)
             if raw is None:
@@ -411,15 +413,22 @@ class _Validator:
                 errors.append(RowError(source.row, column, "NUL characters are not accepted"))
                 failed = True
                 continue
-            value, reason = self.check(column, raw)
+            # self.check, inlined for the common cases: a cell seen before, a fast path.
+            cache = caches.get(column)
+            found = cache.get(raw) if cache is not None and type(raw) is str else None
+            if found is None:
+                fast = _FAST.get(column) if cache is None and type(raw) is str else None
+                value = fast(raw) if fast is not None else UNSURE
+                found = (value, None) if value is not UNSURE else self.check(column, raw)
+            value, reason = found
             if reason is not None:
                 errors.append(RowError(source.row, column, reason))
                 failed = True
             checked[column] = value if value != () else None  # "; ;" says nothing either
-        for name, other in (("lat", "lon"), ("lon", "lat")):
-            if values.get(name) is None and values.get(other) is not None:
-                errors.append(RowError(source.row, name, "lat and lon go together"))
-                failed = True
+        if (values.get("lat") is None) != (values.get("lon") is None):
+            name = "lat" if values.get("lat") is None else "lon"
+            errors.append(RowError(source.row, name, "lat and lon go together"))
+            failed = True
         if failed:
             return None
         return ImportRow(
@@ -637,13 +646,20 @@ class _Places:
         self.geocoder = geocoder
         self._cache: dict[tuple[str, str, str], GeocodeResult | None] = {}
 
-    def find(self, city: str, state: str, zip_code: str | None) -> GeocodeResult | None:
-        key = (collapse(city).casefold(), state, zip_code or "")
-        if key not in self._cache:
-            self._cache[key] = self.geocoder.location(
+    def find(
+        self, city: str, state: str, zip_code: str | None, folded_city: str | None = None
+    ) -> GeocodeResult | None:
+        """``folded_city``: collapse(city).casefold(), when the caller has it."""
+        if folded_city is None:
+            folded_city = collapse(city).casefold()
+        key = (folded_city, state, zip_code or "")
+        try:
+            return self._cache[key]
+        except KeyError:
+            found = self._cache[key] = self.geocoder.location(
                 address_line1=None, city=city, state=state, zip_code=zip_code, use_network=False
             )
-        return self._cache[key]
+            return found
 
 
 def plan_import(
@@ -676,7 +692,7 @@ def _plan_import(
         row = validator.row(source, errors)
         if row is None:
             continue
-        key = clinic_key(row.name, row.phone)
+        key = (row.name.casefold(), row.phone)  # clinic_key: row.name is collapsed already
         clinic = clinics.get(key)
         if clinic is None:
             clinic = clinics[key] = _clinic_plan(row, directory)
@@ -687,7 +703,7 @@ def _plan_import(
         if first != row.row:
             errors.append(RowError(row.row, "address", f"the same location as row {first}"))
             continue
-        location = _location_plan(row, clinic, directory, places, errors)
+        location = _location_plan(row, where, clinic, directory, places, errors)
         if location is not None:
             locations.append(location)
     if progress is not None and done % _BATCH:
@@ -778,25 +794,25 @@ def _settle_clinic(clinic: ClinicPlan) -> None:
         clinic.action = UPDATED if change_diff(clinic.before, clinic.state()) else UNCHANGED
 
 
+_NEW_LOCATION: dict[str, Any] = dict.fromkeys(LOCATION_FIELDS) | {"active": True}
+
+
 def _location_plan(
     row: ImportRow,
+    where: tuple[str, str, str, str],
     clinic: ClinicPlan,
     directory: _Directory,
     places: _Places,
     errors: list[RowError],
 ) -> LocationPlan | None:
-    where = location_key(row.address, row.city, row.state, row.zip)
+    """``where``: the row's location_key."""
     stored = directory.locations.get(clinic.id, {}).get(where) if clinic.id is not None else None
-    values: dict[str, Any] = (
-        dict(stored.values)
-        if stored is not None
-        else dict.fromkeys(LOCATION_FIELDS) | {"active": True}
-    )
+    values: dict[str, Any] = dict(stored.values if stored is not None else _NEW_LOCATION)
     values.update(address_line1=row.address, city=row.city, state=row.state, zip=row.zip)
     notes: list[str] = []
     if row.lat is not None and row.lon is not None:
         if stored is None or (stored.values["lat"], stored.values["lon"]) != (row.lat, row.lon):
-            zone = places.find(row.city, row.state, row.zip)
+            zone = places.find(row.city, row.state, row.zip, where[1])
             values.update(
                 lat=row.lat,
                 lon=row.lon,
@@ -805,7 +821,7 @@ def _location_plan(
                 time_zone=zone.time_zone if zone is not None else values["time_zone"],
             )
     elif values["lat"] is None or values["lon"] is None:
-        found = places.find(row.city, row.state, row.zip)
+        found = places.find(row.city, row.state, row.zip, where[1])
         if found is not None:
             values.update(
                 lat=found.lat,
@@ -826,7 +842,7 @@ def _location_plan(
     if clinic.id is None:
         others = [
             stored_clinic
-            for stored_clinic in directory.clinics_by_name.get(clinic_key(row.name, None)[0], [])
+            for stored_clinic in directory.clinics_by_name.get(row.name.casefold(), [])
             if stored_clinic.phone != row.phone
         ]
         if others:
