@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, bindparam, select
 
 from referral.directory.models import Clinic, ClinicSpecialty, Location
 
@@ -73,12 +73,18 @@ _CLINIC_COLUMNS = [
     _CLINIC.c.website,
     _CLINIC.c.needs_review,
 ]
-_ROWS = select(*_LOCATION_COLUMNS, *_CLINIC_COLUMNS).join_from(
-    _LOCATION, _CLINIC, _CLINIC.c.id == _LOCATION.c.clinic_id
+# Built once, with the ids as an expanding parameter: the statement's cache key is then
+# computed once, not per request.
+_ROWS = (
+    select(*_LOCATION_COLUMNS, *_CLINIC_COLUMNS)
+    .join_from(_LOCATION, _CLINIC, _CLINIC.c.id == _LOCATION.c.clinic_id)
+    .where(_LOCATION.c.id.in_(bindparam("ids", expanding=True)))
 )
 # Ordered by the database, as the ORM's Clinic.specialty_links are (collations differ).
-_SPECIALTIES = select(_CLINIC_SPECIALTY.c.clinic_id, _CLINIC_SPECIALTY.c.specialty_code).order_by(
-    _CLINIC_SPECIALTY.c.clinic_id, _CLINIC_SPECIALTY.c.specialty_code
+_SPECIALTIES = (
+    select(_CLINIC_SPECIALTY.c.clinic_id, _CLINIC_SPECIALTY.c.specialty_code)
+    .where(_CLINIC_SPECIALTY.c.clinic_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_CLINIC_SPECIALTY.c.clinic_id, _CLINIC_SPECIALTY.c.specialty_code)
 )
 
 
@@ -91,12 +97,10 @@ def read_locations(connection: Connection, ids: Collection[int]) -> dict[int, Lo
     """The locations with these ids that exist, with their clinics: two queries in all."""
     if not ids:
         return {}
-    rows = connection.execute(_ROWS.where(_LOCATION.c.id.in_(list(ids)))).all()
+    rows = connection.execute(_ROWS, {"ids": list(ids)}).all()
     clinic_ids = {row[len(_LOCATION_COLUMNS)] for row in rows}
     codes: dict[int, list[str]] = {clinic_id: [] for clinic_id in clinic_ids}
-    for clinic_id, code in connection.execute(
-        _SPECIALTIES.where(_CLINIC_SPECIALTY.c.clinic_id.in_(list(clinic_ids)))
-    ):
+    for clinic_id, code in connection.execute(_SPECIALTIES, {"ids": list(clinic_ids)}):
         codes[clinic_id].append(code)
     split = len(_LOCATION_COLUMNS)
     clinics: dict[int, ClinicRecord] = {}
