@@ -161,30 +161,43 @@ def _unknown_column(name: str) -> str:
     return f"unknown column {name!r} (known: {', '.join(COLUMNS)})"
 
 
-def _cell(text: str) -> str | None:
-    text = text.strip()
+def _unquoted(text: str) -> str:
+    """A stripped cell without an export's defusing of a formula trigger."""
     if len(text) > 1 and text[0] == "'" and text[1] in FORMULA_PREFIXES:
-        text = text[1:]  # an export's defused formula trigger
-    return text or None
+        return text[1:]
+    return text
 
 
 def read_csv(text: str) -> ParsedFile:
     parsed = ParsedFile("csv")
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str | None] | None = None
+    named: list[str] | None = None  # the header, when every column has a known name
     try:
         for number, record in enumerate(reader, start=1):
             if header is None:
                 header = _read_header(record, parsed.errors)
+                named = [name for name in header if name]
+                if len(named) != len(header):
+                    named = None
                 continue
-            if not any(cell.strip() for cell in record):
+            cells = [cell.strip() for cell in record]
+            if not any(cells):
                 continue  # blank lines and rows of empty cells (spreadsheets leave them)
-            if len(record) != len(header):
+            if len(cells) != len(header):
                 parsed.errors.append(
                     RowError(number, None, f"has {len(record)} cells; the header has {len(header)}")
                 )
                 continue
-            values = {name: _cell(cell) for name, cell in zip(header, record, strict=True) if name}
+            if "'" in "".join(cells):  # rare: then look for defused formula triggers
+                cells = [_unquoted(cell) for cell in cells]
+            # An empty cell is None, as an absent column.
+            if named is not None:
+                values = {name: cell or None for name, cell in zip(named, cells, strict=True)}
+            else:
+                values = {
+                    name: cell or None for name, cell in zip(header, cells, strict=True) if name
+                }
             parsed.rows.append(SourceRow(number, values))
     except csv.Error as exc:
         parsed.errors.append(RowError(reader.line_num, None, f"not readable as CSV: {exc}"))
