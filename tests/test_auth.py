@@ -81,11 +81,14 @@ def a_clinic_id(app: Flask) -> int:
 
 
 def set_times(app: Flask, key_id: str, **values: datetime | None) -> None:
+    """Change a key's row behind the service's back; this process forgets its cached copy
+    (how long other processes may keep theirs is tested with the cache below)."""
     with session_scope(app) as session:
         row = session.exec(select(ApiKey).where(ApiKey.key_id == key_id)).one()
         for name, value in values.items():
             setattr(row, name, value)
         session.add(row)
+    keys_module.forget_cached_keys()
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -96,7 +99,7 @@ def authenticate_with(app: Flask, headers: dict[str, str]) -> ApiKey:
     with app.test_request_context(headers=headers):
         key = authenticate()
         assert g.api_key is key
-        get_session().expunge(key)
+        assert key not in get_session()  # detached: a commit cannot expire (re-read) it
         return key
 
 
@@ -524,3 +527,139 @@ def test_register_security_scheme(app):
     assert schemes["bearerAuth"]["type"] == "http"
     assert schemes["bearerAuth"]["scheme"] == "bearer"
     assert BEARER_SECURITY == [{"bearerAuth": []}]
+
+
+# --- the per-process key cache ---------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(keys_module, "_monotonic", fake)
+    keys_module.forget_cached_keys()
+    return fake
+
+
+def key_reads() -> tuple[list[str], Any]:
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM api_key" in statement:
+            reads.append(statement)
+
+    return reads, count
+
+
+def revoke_elsewhere(app: Flask, key_id: str) -> None:
+    """What another worker (or the CLI against a running server) does: only the row changes."""
+    with get_database(app).engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE api_key SET revoked_at = :at WHERE key_id = :key_id"),
+            {"at": datetime.now(UTC), "key_id": key_id},
+        )
+
+
+def test_a_known_key_is_read_once_per_cache_period(app, guarded, clock):
+    _key_id, key = make_key(app, ["referrals:read"])
+    reads, count = key_reads()
+    engine = get_database(app).engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):
+            ok = guarded.get(GUARDED, query_string={"scope": "referrals:read"}, headers=bearer(key))
+            assert ok.status_code == 200
+        assert len(reads) == 1
+        clock.now += keys_module.KEY_CACHE_SECONDS
+        ok = guarded.get(GUARDED, query_string={"scope": "referrals:read"}, headers=bearer(key))
+        assert ok.status_code == 200
+        assert len(reads) == 2  # the period is over: read again
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def test_a_revocation_elsewhere_takes_effect_within_the_cache_period(app, guarded, clock):
+    key_id, key = make_key(app, ["referrals:read"])
+    args = {"query_string": {"scope": "referrals:read"}, "headers": bearer(key)}
+    assert guarded.get(GUARDED, **args).status_code == 200
+    revoke_elsewhere(app, key_id)
+    clock.now += keys_module.KEY_CACHE_SECONDS - 0.5
+    assert guarded.get(GUARDED, **args).status_code == 200  # the bound, not better
+    clock.now += 0.5
+    body = assert_unauthorized(guarded.get(GUARDED, **args), not_in_body=key)
+    assert "revoked" in body["detail"]
+    # And a process that read the revoked row keeps refusing it.
+    assert guarded.get(GUARDED, **args).status_code == 401
+
+
+def test_a_revocation_in_this_process_takes_effect_at_once(app, guarded, clock):
+    key_id, key = make_key(app, ["referrals:read"])
+    args = {"query_string": {"scope": "referrals:read"}, "headers": bearer(key)}
+    assert guarded.get(GUARDED, **args).status_code == 200
+    with session_scope(app) as session:
+        revoke_key(session, key_id)
+    assert guarded.get(GUARDED, **args).status_code == 401  # the clock did not move
+
+
+def test_a_request_between_revoke_and_commit_does_not_outlive_the_commit(app, guarded, clock):
+    key_id, key = make_key(app, ["referrals:read"])
+    args = {"query_string": {"scope": "referrals:read"}, "headers": bearer(key)}
+    # Used just now (so the request below does not wait on the revoking row's lock to write
+    # last_used_at), and forgotten (so that it reads the row again).
+    assert guarded.get(GUARDED, **args).status_code == 200
+    keys_module.forget_cached_keys()
+    with session_scope(app) as session:
+        revoke_key(session, key_id)  # flushed, not committed
+        # A request meanwhile still reads the row as it was, and caches it...
+        assert guarded.get(GUARDED, **args).status_code == 200
+    # ...until the commit.
+    assert guarded.get(GUARDED, **args).status_code == 401
+
+
+def test_the_cache_can_be_turned_off(app, guarded, clock):
+    app.config["API_KEY_CACHE_SECONDS"] = 0
+    key_id, key = make_key(app, ["referrals:read"])
+    args = {"query_string": {"scope": "referrals:read"}, "headers": bearer(key)}
+    assert guarded.get(GUARDED, **args).status_code == 200
+    revoke_elsewhere(app, key_id)
+    assert guarded.get(GUARDED, **args).status_code == 401
+
+
+def test_expiry_is_checked_at_every_request_even_when_cached(app, guarded, clock, monkeypatch):
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    _key_id, key = make_key(app, ["referrals:read"], expires_at=expires)
+    args = {"query_string": {"scope": "referrals:read"}, "headers": bearer(key)}
+    assert guarded.get(GUARDED, **args).status_code == 200
+    monkeypatch.setattr(keys_module, "utcnow", lambda: expires + timedelta(seconds=1))
+    body = assert_unauthorized(guarded.get(GUARDED, **args))
+    assert "expired" in body["detail"]
+
+
+def test_wrong_and_unknown_keys_are_never_served_from_the_cache(app, guarded, clock):
+    key_id, key = make_key(app, ["referrals:read"])
+    args = {"query_string": {"scope": "referrals:read"}}
+    assert guarded.get(GUARDED, headers=bearer(key), **args).status_code == 200
+    wrong = f"rk_{key_id}_{'C' * 43}"
+    for _ in range(2):
+        assert guarded.get(GUARDED, headers=bearer(wrong), **args).status_code == 401
+    assert all(row.key_id == key_id for _, row in keys_module._key_cache.values())
+    assert len(keys_module._key_cache) == 1
+
+
+def test_a_cached_key_belongs_to_no_session(app, clock):
+    _key_id, key = make_key(app, ["referrals:write"])
+    first = authenticate_with(app, bearer(key))
+    second = authenticate_with(app, bearer(key))
+    assert second is first  # the same row, from the cache
+    with app.test_request_context(headers=bearer(key)):
+        session = get_session()
+        found = authenticate()
+        session.commit()  # would expire it, were it in the session
+        assert "name" in found.__dict__ and found not in session

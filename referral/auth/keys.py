@@ -4,6 +4,14 @@ A key reads ``rk_<key_id>_<secret>``: ``key_id`` (12 hex characters) is public a
 row; ``secret`` is ``secrets.token_urlsafe(32)``. Only the sha256 of the whole key is stored.
 A slow or salted hash would add nothing here: the secret has 256 random bits, so the hash
 cannot be reversed by guessing. Keys are shown once, when made, and never logged.
+
+Each process keeps the rows of keys it recently authenticated, by the hash of the whole
+key, for at most KEY_CACHE_SECONDS (app config ``API_KEY_CACHE_SECONDS``), so a busy client
+does not cost a database read per request. The bound this puts on revocation: a key revoked
+by ``revoke_key`` in the same process is refused at once; revoked anywhere else (another
+worker, the CLI against a running server), it is refused by every process within
+KEY_CACHE_SECONDS. Expiry is checked at every request against the row's ``expires_at``.
+Unknown or wrong keys are never cached: each costs a read, as before.
 """
 
 from __future__ import annotations
@@ -13,13 +21,15 @@ import hmac
 import logging
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import NoReturn
 
-from flask import g, request
+from flask import current_app, g, request
 from flask_smorest import Api, abort
-from sqlalchemy import or_, update
+from sqlalchemy import event, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
@@ -48,6 +58,11 @@ NAME_MAX_CHARS = 100  # the referral log keeps it as the source: VARCHAR(100)
 
 # last_used_at is written at most this often per key, so reads do not all write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+# How long a process trusts a key's row it has read (see the module docstring): the longest
+# a revocation made elsewhere takes to reach it. Overridden by app config API_KEY_CACHE_SECONDS.
+KEY_CACHE_SECONDS = 5.0
+KEY_CACHE_MAX_ENTRIES = 1024  # keys; past this the cache starts afresh
 
 REALM = "referral"
 BEARER_SCHEME_NAME = "bearerAuth"
@@ -227,12 +242,61 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
         session.add(row)
         session.flush()
         log.info("API key %s revoked", row.key_id)
+    # This process stops trusting the key at once, and again once the revocation is committed
+    # (a request in between may have cached the row as it still was).
+    forget_cached_keys(row.key_id)
+    event.listen(session, "after_commit", lambda _s: forget_cached_keys(row.key_id), once=True)
     return row
 
 
 def list_keys(session: Session) -> list[ApiKey]:
     """Every key, oldest first."""
     return list(session.exec(select(ApiKey).order_by(col(ApiKey.created_at), col(ApiKey.id))))
+
+
+# --- the per-process cache of authenticated keys ---------------------------------------------
+
+_monotonic = time.monotonic  # tests move this clock
+_cache_lock = threading.Lock()
+# (database url, sha256 of the whole key) -> (when read, the row, detached and fully loaded)
+_key_cache: dict[tuple[str, str], tuple[float, ApiKey]] = {}
+
+
+def forget_cached_keys(key_id: str | None = None) -> None:
+    """Drop this process's cached rows: of one key (by its public key_id), or all."""
+    with _cache_lock:
+        if key_id is None:
+            _key_cache.clear()
+            return
+        for slot in [slot for slot, (_, row) in _key_cache.items() if row.key_id == key_id]:
+            del _key_cache[slot]
+
+
+def _cache_seconds() -> float:
+    return float(current_app.config.get("API_KEY_CACHE_SECONDS", KEY_CACHE_SECONDS))
+
+
+def _lookup(presented: str) -> ApiKey | None:
+    """``find_key`` through the cache. The row returned is detached from every session and
+    shared by this process's requests: read it, never change it."""
+    slot = (get_database().url, hash_key(presented))
+    ttl = _cache_seconds()
+    entry = _key_cache.get(slot)
+    if entry is not None and _monotonic() - entry[0] < ttl:
+        return entry[1]
+    read_at = _monotonic()
+    session = get_session()
+    row = find_key(session, presented)
+    if row is None:
+        return None
+    # Out of the request's session: its commit must not expire (and so re-read) the key.
+    session.expunge(row)
+    if ttl > 0:
+        with _cache_lock:
+            if len(_key_cache) >= KEY_CACHE_MAX_ENTRIES:
+                _key_cache.clear()
+            _key_cache[slot] = (read_at, row)
+    return row
 
 
 # --- requests ------------------------------------------------------------------------------
@@ -255,7 +319,9 @@ def _unauthorized(message: str, error: str | None = "invalid_token") -> NoReturn
 def authenticate() -> ApiKey:
     """The usable API key of this request's ``Authorization: Bearer <key>``, else abort 401.
 
-    Stores the key on ``flask.g.api_key``. Messages never contain the presented key.
+    Stores the key on ``flask.g.api_key``. Messages never contain the presented key. The row
+    may come from this process's cache (at most KEY_CACHE_SECONDS old) and belongs to no
+    session: read it, never change it.
     """
     header = request.headers.get("Authorization", "").strip()
     if not header:
@@ -266,8 +332,7 @@ def authenticate() -> ApiKey:
         _unauthorized("the Authorization header must be: Bearer <key>", error="invalid_request")
     if parse_key(credentials) is None:
         _unauthorized(f"not an API key (they look like {KEY_PREFIX}<key id>_<secret>)")
-    session = get_session()
-    key = find_key(session, credentials)
+    key = _lookup(credentials)
     if key is None:
         _unauthorized("unknown or invalid API key")
     now = utcnow()

@@ -8,8 +8,9 @@ from typing import Any
 
 from sqlmodel import Session
 
-from referral.directory.models import Clinic
+from referral.directory.models import Clinic, Location
 from referral.directory.nearest import NearestHit, find_nearest
+from referral.directory.records import LocationRecord
 from referral.directory.service import UnknownSpecialtyError, check_specialties
 from referral.geo.distance import geodesic_km
 from referral.geo.origin import Origin
@@ -20,7 +21,7 @@ from referral.referrals.models import (
     Status,
     Urgency,
 )
-from referral.referrals.vocabulary import Vocabulary, load_vocabulary
+from referral.referrals.vocabulary import Vocabulary, intake_vocabulary
 
 ALTERNATIVES = 3
 
@@ -178,11 +179,20 @@ def _summary(hit: NearestHit) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class NewReferral:
+    referral: Referral
+    # Its history so far (the one "created" line) and the matched location: what the answer
+    # shows, so that it needs no reading back.
+    history: list[ReferralEvent]
+    location: LocationRecord | Location
+
+
 def create_referral(
     session: Session, request: ReferralRequest, *, source: str, source_key_id: int | None
-) -> Referral:
+) -> NewReferral:
     """Match and store a referral with its first history line; flush, don't commit."""
-    vocabulary = load_vocabulary(session)
+    vocabulary = intake_vocabulary(session, request.concerns, request.red_flags)
     needed = specialties_needed(session, vocabulary, request.concerns, request.specialties)
     urgency, escalations = escalate(vocabulary, request.urgency, request.red_flags)
     match = match_location(
@@ -218,17 +228,15 @@ def create_referral(
         patient_ref=request.patient_ref,
         assessment=request.assessment,
     )
-    session.add(referral)
-    session.flush()
-    session.add(
-        ReferralEvent(
-            referral_id=referral.id,
-            actor_key_id=source_key_id,
-            actor=source,
-            from_status=None,
-            to_status=Status.CREATED.value,
-            note=None,
-        )
+    event = ReferralEvent(
+        referral_id=referral.id,
+        actor_key_id=source_key_id,
+        actor=source,
+        from_status=None,
+        to_status=Status.CREATED.value,
+        note=None,
     )
+    session.add(referral)
+    session.add(event)  # one flush: the referral's row goes first (the event refers to it)
     session.flush()
-    return referral
+    return NewReferral(referral, [event], match.hit.location)

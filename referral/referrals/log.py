@@ -21,6 +21,7 @@ from referral.auth.models import (
     ApiKey,
 )
 from referral.directory.models import Clinic, Location
+from referral.directory.records import LocationRecord
 from referral.referrals.models import (
     TRANSITIONS,
     IdempotencyRecord,
@@ -108,13 +109,22 @@ def history(session: Session, referral_id: str) -> list[ReferralEvent]:
     )
 
 
-def detail(session: Session, referral: Referral) -> dict[str, Any]:
-    """A referral with what the response shows beside it: match, history."""
-    location = (
-        session.get(Location, referral.matched_location_id)
-        if referral.matched_location_id is not None
-        else None
-    )
+def detail(
+    session: Session,
+    referral: Referral,
+    *,
+    location: LocationRecord | Location | None = None,
+    events: list[ReferralEvent] | None = None,
+) -> dict[str, Any]:
+    """A referral with what the response shows beside it: match, history. A caller that
+    holds the matched location or the whole history (intake, which just made them) passes
+    them instead of having them read."""
+    if location is None or location.id != referral.matched_location_id:
+        location = (
+            session.get(Location, referral.matched_location_id)
+            if referral.matched_location_id is not None
+            else None
+        )
     match = None
     if location is not None and referral.match_distance_km is not None:
         match = {
@@ -124,7 +134,9 @@ def detail(session: Session, referral: Referral) -> dict[str, Any]:
             "distance_mi": round(referral.match_distance_km / 1.609344, 3),
             "notes": referral.match_notes,
         }
-    return {"referral": referral, "match": match, "history": history(session, referral.id)}
+    if events is None:
+        events = history(session, referral.id)
+    return {"referral": referral, "match": match, "history": events}
 
 
 def may_change(key: ApiKey, referral: Referral, wanted: Status) -> bool:

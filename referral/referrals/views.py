@@ -7,7 +7,7 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from flask import Response, current_app, g, request, stream_with_context, url_for
+from flask import Response, current_app, g, jsonify, request, stream_with_context, url_for
 from flask.views import MethodView
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.routing import BaseConverter
@@ -244,18 +244,29 @@ class Referrals(MethodView):
             field_error(409, "headers", "Idempotency-Key", "a request with this key is in flight")
         session = get_session()
         try:
-            referral = create_referral(
+            created = create_referral(
                 session, _referral_request(body), source=key.name, source_key_id=key.id
             )
-            detail = referral_log.detail(session, referral)
+            referral = created.referral
+            # Dumped before the commit, from the objects in hand: after it they would be
+            # expired, and dumping them would read every one back.
+            answer = ReferralSchema().dump(
+                referral_log.detail(
+                    session, referral, location=created.location, events=created.history
+                )
+            )
             if claim is not None:
                 idempotency.complete(
-                    session,
-                    claim,
-                    status=201,
-                    body=ReferralSchema().dump(detail),
-                    referral_id=referral.id,
+                    session, claim, status=201, body=answer, referral_id=referral.id
                 )
+            # Committed with the referral: the "ok" line exists exactly when the referral does.
+            audit.add(
+                session,
+                actor_key_id=key.id,
+                action="referral.create",
+                outcome="ok",
+                referral_ids=[referral.id],
+            )
             session.commit()
         except ReferralInputError as exc:
             session.rollback()
@@ -271,10 +282,12 @@ class Referrals(MethodView):
             self._release(claim)
             _audit("referral.create", "rejected")
             raise
-        _audit("referral.create", "ok", [referral.id])
+        g.audited = True
         metrics.referral_created()
-        location = url_for("referrals.ReferralById", referral_id=referral.id)
-        return detail, 201, {"Location": location}
+        response = jsonify(answer)
+        response.status_code = 201
+        response.headers["Location"] = url_for("referrals.ReferralById", referral_id=answer["id"])
+        return response
 
     @staticmethod
     def _release(claim: idempotency.Claim | None) -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from referral.directory.seed import SeedReport, apply_changes, read_seed_file
@@ -35,6 +41,51 @@ def load_vocabulary(session: Session) -> Vocabulary:
         concerns.setdefault(link.concern_code, []).append((link.specialty_code, link.reason))
     flags = {flag.code: flag for flag in session.exec(select(RedFlag).order_by(col(RedFlag.code)))}
     return Vocabulary(concerns=concerns, concern_labels=labels, red_flags=flags)
+
+
+# The vocabulary as referral intake last read it, per database: it changes only when
+# seed_data/ is loaded again, yet every referral needs it. A code not in it is looked up again
+# at once (a new code is known at its first use); any other change (a label, a mapping, a
+# flag's advice) is seen within VOCABULARY_SECONDS, or at once in the process that seeded.
+VOCABULARY_SECONDS = 10.0
+_monotonic = time.monotonic  # tests move this clock
+_cache_lock = threading.Lock()
+_cached: weakref.WeakKeyDictionary[Engine, tuple[float, Vocabulary]] = weakref.WeakKeyDictionary()
+
+
+def _read_detached(engine: Engine) -> Vocabulary:
+    """The vocabulary read in a session of its own, as objects that outlive it: shared by
+    every request of this process, they must never be changed."""
+    with Session(engine, expire_on_commit=False) as session:
+        vocabulary = load_vocabulary(session)
+        session.expunge_all()
+    return vocabulary
+
+
+def intake_vocabulary(
+    session: Session, concerns: Iterable[str], red_flags: Iterable[str]
+) -> Vocabulary:
+    """The vocabulary for a referral naming these codes: the cached one, unless it is older
+    than VOCABULARY_SECONDS or lacks one of the codes."""
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    now = _monotonic()
+    cached = _cached.get(engine)
+    if cached is not None and now - cached[0] < VOCABULARY_SECONDS:
+        vocabulary = cached[1]
+        if all(code in vocabulary.concerns for code in concerns) and all(
+            code in vocabulary.red_flags for code in red_flags
+        ):
+            return vocabulary
+    vocabulary = _read_detached(engine)
+    with _cache_lock:
+        _cached[engine] = (now, vocabulary)
+    return vocabulary
+
+
+def forget_vocabulary() -> None:
+    with _cache_lock:
+        _cached.clear()
 
 
 def seed_vocabulary(session: Session, seed_dir: Path, report: SeedReport) -> None:
@@ -82,3 +133,6 @@ def seed_vocabulary(session: Session, seed_dir: Path, report: SeedReport) -> Non
         else:
             report.count("red_flag", "unchanged")
     session.flush()
+    # Intake sees the change at once in this process (and again once it is committed).
+    forget_vocabulary()
+    event.listen(session, "after_commit", lambda _session: forget_vocabulary(), once=True)
