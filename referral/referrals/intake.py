@@ -6,6 +6,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Table
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session
 
 from referral.directory.models import Clinic, Location
@@ -191,7 +193,7 @@ class NewReferral:
 def create_referral(
     session: Session, request: ReferralRequest, *, source: str, source_key_id: int | None
 ) -> NewReferral:
-    """Match and store a referral with its first history line; flush, don't commit."""
+    """Match and store a referral with its first history line; don't commit."""
     vocabulary = intake_vocabulary(session, request.concerns, request.red_flags)
     needed = specialties_needed(session, vocabulary, request.concerns, request.specialties)
     urgency, escalations = escalate(vocabulary, request.urgency, request.red_flags)
@@ -236,7 +238,22 @@ def create_referral(
         to_status=Status.CREATED.value,
         note=None,
     )
+    # Core inserts, the referral first (the event refers to it): the unit of work would cost
+    # more than the rest of storing. The event's id is never shown, so it is not read back.
+    connection = session.connection()
+    connection.execute(_REFERRAL.insert(), _values(_REFERRAL, referral))
+    connection.execute(_EVENT.insert(), _values(_EVENT, event, skip=("id",)))
+    # The stored referral joins the session as if loaded, so later changes to it are flushed.
+    make_transient_to_detached(referral)
     session.add(referral)
-    session.add(event)  # one flush: the referral's row goes first (the event refers to it)
-    session.flush()
     return NewReferral(referral, [event], match.hit.location)
+
+
+_REFERRAL: Table = Referral.__table__  # type: ignore[attr-defined]
+_EVENT: Table = ReferralEvent.__table__  # type: ignore[attr-defined]
+
+
+def _values(table: Table, row: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        column.key: getattr(row, column.key) for column in table.columns if column.key not in skip
+    }

@@ -13,10 +13,13 @@ from referral.directory.schemas import (
     ClinicSummarySchema,
     LocationSchema,
     OriginFields,
+    clinic_summary_json,
     distance_errors,
+    location_json,
     origin_errors,
 )
 from referral.referrals.models import Status, Urgency
+from referral.timeutil import as_utc
 from referral.web.fields import Pattern, StrictFloat, UtcDateTime, VocabularyCode
 from referral.web.limits import MAX_ID
 from referral.web.text import PlainText, text_problem
@@ -321,3 +324,94 @@ class VocabularySchema(ma.Schema):
     concerns = ma.fields.List(ma.fields.Nested(ConcernSchema))
     red_flags = ma.fields.List(ma.fields.Nested(RedFlagSchema))
     urgencies = ma.fields.List(ma.fields.String())
+
+
+# ---- a new referral's answer, dumped by hand ---------------------------------------------
+# Every POST answers with its referral; marshmallow's generic dump of the nested schema cost
+# more than storing it. ``referral_json`` builds the same dict ``ReferralSchema().dump``
+# gives (tests/test_referral_json.py compares them on every kind of referral), so the schema
+# stays the documented contract.
+
+
+def _history_json(event: Any) -> dict[str, Any]:
+    return {
+        "at": as_utc(event.at).isoformat(),
+        "from_status": event.from_status,
+        "to_status": event.to_status,
+        "actor": event.actor,
+        "note": event.note,
+    }
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _items(items: list[dict[str, Any]], fields: tuple[tuple[str, Any], ...]) -> list[Any]:
+    # A nested schema dumps the keys an item has, in the schema's order.
+    return [
+        {name: convert(item[name]) for name, convert in fields if name in item} for item in items
+    ]
+
+
+_ESCALATION = (("red_flag", _text), ("escalate_to", _text), ("advice", _text))
+_NEEDED = (("code", _text), ("reason", _text))
+_ALTERNATIVE = (
+    ("clinic_id", _int),
+    ("clinic_name", _text),
+    ("location_id", _int),
+    ("city", _text),
+    ("state", _text),
+    ("distance_km", _float),
+)
+
+
+def referral_json(detail: dict[str, Any]) -> dict[str, Any]:
+    """What ``ReferralSchema().dump(detail)`` gives for ``referral_log.detail`` output."""
+    referral = detail["referral"]
+    match = detail["match"]
+    assessment = referral.assessment
+    return {
+        "id": _text(referral.id),
+        "status": _text(referral.status),
+        "urgency": _text(referral.urgency),
+        "urgency_requested": _text(referral.urgency_requested),
+        "escalations": _items(referral.escalations, _ESCALATION),
+        "concerns": [str(code) for code in referral.concerns],
+        "red_flags": [str(code) for code in referral.red_flags],
+        "specialties_requested": [str(code) for code in referral.specialties_requested],
+        "specialties_needed": _items(referral.specialties_needed, _NEEDED),
+        "origin": {
+            "kind": _text(referral.origin_kind),
+            "lat": _float(referral.origin_lat),
+            "lon": _float(referral.origin_lon),
+        },
+        "max_distance_km": _float(referral.max_distance_km),
+        "preferred_clinic_id": _int(referral.preferred_clinic_id),
+        "match": None
+        if match is None
+        else {
+            "clinic": clinic_summary_json(match["clinic"]),
+            "location": location_json(match["location"]),
+            "distance_km": _float(match["distance_km"]),
+            "distance_mi": _float(match["distance_mi"]),
+            "notes": [str(note) for note in match["notes"]],
+        },
+        "alternatives": _items(referral.alternatives, _ALTERNATIVE),
+        "source": _text(referral.source),
+        "patient_ref": _text(referral.patient_ref),
+        "assessment": None if assessment is None else dict(assessment),
+        "history": [_history_json(event) for event in detail["history"]],
+        "created_at": as_utc(referral.created_at).isoformat(),
+        "updated_at": as_utc(referral.updated_at).isoformat(),
+        "purged": referral.purged_at is not None,
+        "replayed": False,
+    }

@@ -38,6 +38,7 @@ from referral.referrals.schemas import (
     ReferralStatsSchema,
     StatusChangeSchema,
     VocabularySchema,
+    referral_json,
 )
 from referral.referrals.vocabulary import load_vocabulary
 from referral.web.api import LOCATION_HEADER, Blueprint, problems
@@ -250,7 +251,7 @@ class Referrals(MethodView):
             referral = created.referral
             # Dumped before the commit, from the objects in hand: after it they would be
             # expired, and dumping them would read every one back.
-            answer = ReferralSchema().dump(
+            answer = referral_json(
                 referral_log.detail(
                     session, referral, location=created.location, events=created.history
                 )
