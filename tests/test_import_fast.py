@@ -214,3 +214,32 @@ def test_read_csv_reads_cells_as_the_reference(header: list[str], data: st.DataO
     text = buffer.getvalue()
     parsed = imports.read_csv(text)
     assert [(row.row, row.values) for row in parsed.rows] == reference_csv_rows(text)
+
+
+@pytest.mark.parametrize(
+    "codes",
+    [
+        (),
+        ("spine",),
+        ("spine", "orthopedic", "spine"),
+        ("sports", "nope"),
+        ("spine",) * 20,
+        ("spine",) * 21,
+        ("x" * 40,),
+        ("x" * 41,),
+        ("spine", "Spine"),
+        ("spine\x00",),
+    ],
+)
+def test_specialties_answer_as_the_reference(codes: tuple[str, ...]) -> None:
+    # (read_json has refused lists with other items than text already.)
+    validator = imports._Validator(KNOWN_SPECIALTIES | {"x" * 40, "x" * 41})
+    expected = validator._reference("specialties", codes)
+    assert validator._check("specialties", codes) == expected
+    assert validator._check("specialties", ";".join(codes)) == expected
+
+
+def test_specialties_fast_path_takes_known_codes() -> None:
+    assert imports._FAST_CODES is not None
+    assert imports._FAST_CODES(("spine", "sports")) == ["spine", "sports"]
+    assert imports._FAST_CODES(("spine",) * 21) is UNSURE

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any, Final
 
@@ -21,7 +21,7 @@ import phonenumbers
 from marshmallow import validate
 from phonenumbers.phonemetadata import PhoneMetadata
 
-from referral.web.fields import Pattern, StrictFloat
+from referral.web.fields import Pattern, StrictFloat, VocabularyCode
 from referral.web.text import PlainText, text_problem
 
 
@@ -39,7 +39,7 @@ def compile_field(field: ma.fields.Field[Any]) -> FastCheck | None:
     """A fast check of text against ``field``, or None when the field is not one this knows:
     a plain ``String``, or a ``Float`` (``StrictFloat(strict=False)``: text is read), whose
     validators are all ``Length``, ``PlainText``, ``Pattern`` or ``Range``."""
-    if type(field) is ma.fields.String:
+    if type(field) in (ma.fields.String, VocabularyCode):  # the latter: a String, documented
         is_number = False
     elif (type(field) is StrictFloat and not field.strict) or type(field) is ma.fields.Float:
         is_number = True
@@ -75,6 +75,33 @@ def compile_field(field: ma.fields.Field[Any]) -> FastCheck | None:
         return number
 
     return number_check
+
+
+def compile_list(field: ma.fields.Field[Any]) -> Callable[[Sequence[str]], Any] | None:
+    """A fast check of a sequence of text items against ``field``, a ``List`` of a field
+    compile_field knows, with ``Length`` validators only: the list, or UNSURE."""
+    if type(field) is not ma.fields.List:
+        return None
+    item_check = compile_field(field.inner)
+    if item_check is None or not all(type(v) is validate.Length for v in field.validators):
+        return None
+    checks = [_compile_validator(validator, False) for validator in field.validators]
+
+    def list_check(items: Sequence[str]) -> Any:
+        values = []
+        for item in items:
+            if type(item) is not str:
+                return UNSURE
+            value = item_check(item)
+            if value is UNSURE:
+                return UNSURE
+            values.append(value)
+        for check in checks:
+            if check is None or not check(values):
+                return UNSURE
+        return values
+
+    return list_check
 
 
 def _compile_validator(validator: Any, is_number: bool) -> Callable[[Any], bool] | None:

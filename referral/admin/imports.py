@@ -34,7 +34,13 @@ import marshmallow as ma
 from sqlalchemy import CursorResult, Dialect, Table, bindparam, delete, func, select, text, update
 from sqlmodel import Session, SQLModel, col
 
-from referral.admin.import_fast import UNSURE, FastCheck, compile_field, fast_phone
+from referral.admin.import_fast import (
+    UNSURE,
+    FastCheck,
+    compile_field,
+    compile_list,
+    fast_phone,
+)
 from referral.admin.models import AdminChange
 from referral.admin.schemas import ClinicCreateSchema, LocationCreateSchema
 from referral.admin.service import LOCATION_FIELDS, EditError, change_diff, normalize_phone
@@ -367,6 +373,7 @@ _FAST: dict[str, FastCheck] = {
 }
 if "phone" in _FAST:
     _FAST["phone"] = _fast_phone(_FAST["phone"])
+_FAST_CODES = compile_list(_SCHEMA_FIELDS["specialties"])  # then: every code known
 
 
 class _Validator:
@@ -390,7 +397,12 @@ class _Validator:
     def _check(self, column: str, raw: Any) -> tuple[Any, str | None]:
         if column == "specialties":
             codes = raw.split(SPECIALTY_SEPARATOR) if isinstance(raw, str) else raw
-            return self._reference(column, tuple(code.strip() for code in codes if code.strip()))
+            codes = tuple(code.strip() for code in codes if code.strip())
+            if _FAST_CODES is not None:
+                value = _FAST_CODES(codes)
+                if value is not UNSURE and all(code in self.known_specialties for code in value):
+                    return tuple(sorted(set(value))), None
+            return self._reference(column, codes)
         if type(raw) is str:
             fast = _FAST.get(column)
             if fast is not None:
@@ -506,7 +518,7 @@ class _Validator:
             return None, ("required" if column in REQUIRED_COLUMNS else None)
         if _has_nul(raw):
             return None, "NUL characters are not accepted"
-        return self.check(column, raw)
+        return self._check(column, raw)
 
 
 def _has_nul(raw: Any) -> bool:
