@@ -16,6 +16,7 @@ from referral.timeutil import utcnow
 
 # Core inserts: an audit line is never read back, so it needs no ORM object.
 _TABLE: Table = AuditEvent.__table__  # type: ignore[attr-defined]
+_INSERT = _TABLE.insert()
 
 
 def _rows(
@@ -50,7 +51,7 @@ def record(
 ) -> None:
     rows = _rows(actor_key_id, action, outcome, referral_ids)
     with engine.begin() as connection:
-        connection.execute(_TABLE.insert(), rows)
+        connection.execute(_INSERT, rows)
 
 
 def add(
@@ -62,6 +63,4 @@ def add(
     referral_ids: Iterable[str | None] = (None,),
 ) -> None:
     """Record in ``session``'s transaction (committed with it)."""
-    session.connection().execute(
-        _TABLE.insert(), _rows(actor_key_id, action, outcome, referral_ids)
-    )
+    session.connection().execute(_INSERT, _rows(actor_key_id, action, outcome, referral_ids))

@@ -241,8 +241,8 @@ def create_referral(
     # Core inserts, the referral first (the event refers to it): the unit of work would cost
     # more than the rest of storing. The event's id is never shown, so it is not read back.
     connection = session.connection()
-    connection.execute(_REFERRAL.insert(), _values(_REFERRAL, referral))
-    connection.execute(_EVENT.insert(), _values(_EVENT, event, skip=("id",)))
+    connection.execute(_INSERT_REFERRAL, _values(_REFERRAL, referral))
+    connection.execute(_INSERT_EVENT, _values(_EVENT, event, skip=("id",)))
     # The stored referral joins the session as if loaded, so later changes to it are flushed.
     make_transient_to_detached(referral)
     session.add(referral)
@@ -251,6 +251,8 @@ def create_referral(
 
 _REFERRAL: Table = Referral.__table__  # type: ignore[attr-defined]
 _EVENT: Table = ReferralEvent.__table__  # type: ignore[attr-defined]
+_INSERT_REFERRAL = _REFERRAL.insert()
+_INSERT_EVENT = _EVENT.insert()
 
 
 def _values(table: Table, row: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
