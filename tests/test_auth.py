@@ -663,3 +663,8 @@ def test_a_cached_key_belongs_to_no_session(app, clock):
         found = authenticate()
         session.commit()  # would expire it, were it in the session
         assert "name" in found.__dict__ and found not in session
+
+
+def test_revoke_help_states_the_cache_bound(runner):
+    shown = runner.invoke(args=["keys", "revoke", "--help"]).output
+    assert f"within {keys_module.KEY_CACHE_SECONDS:g} seconds" in " ".join(shown.split())

@@ -144,7 +144,8 @@ def keys_list() -> None:
 @click.argument("key_id")
 @with_appcontext
 def keys_revoke(key_id: str) -> None:
-    """Revoke the key KEY_ID (from `referral keys list`); it stops working at once."""
+    """Revoke the key KEY_ID (from `referral keys list`); running servers refuse it within
+    5 seconds (they trust a key's row for that long: API_KEY_CACHE_SECONDS)."""
     try:
         with session_scope() as session:
             already = get_key(session, key_id).revoked_at is not None
