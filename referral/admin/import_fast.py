@@ -162,13 +162,14 @@ def _nanp_regions() -> tuple[_Region, ...]:
         metadata = PhoneMetadata.metadata_for_region(region_code.upper(), None)
         if metadata is None:
             continue
-        types = [
-            metadata.premium_rate, metadata.toll_free, metadata.shared_cost, metadata.voip,
-            metadata.personal_number, metadata.pager, metadata.uan, metadata.voicemail,
-            metadata.fixed_line,
-        ]  # fmt: skip
+        # Any type will do (_known_type): the likeliest first.
+        types = [metadata.fixed_line]
         if not metadata.same_mobile_and_fixed_line_pattern:
             types.append(metadata.mobile)
+        types += [
+            metadata.premium_rate, metadata.toll_free, metadata.shared_cost, metadata.voip,
+            metadata.personal_number, metadata.pager, metadata.uan, metadata.voicemail,
+        ]  # fmt: skip
         regions.append(
             (
                 re.compile(metadata.leading_digits) if metadata.leading_digits else None,

@@ -23,6 +23,7 @@ import copy
 import csv
 import gc
 import io
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -438,10 +439,11 @@ class _Validator:
         Column by column, not row by row: a column's repeated values are checked once, and
         the per-cell work is a few C-level list passes instead of ten Python iterations."""
         failed: dict[int, list[RowError]] = {}
+        value_dicts = [source.values for source in sources]
         columns: list[list[Any]] = []  # in COLUMNS order
         raw_columns: dict[str, list[Any]] = {}
         for column in COLUMNS:
-            raws = [source.values.get(column) for source in sources]
+            raws = list(map(dict.get, value_dicts, itertools.repeat(column)))
             raw_columns[column] = raws
             values, problems = self._column(column, raws)
             for index, reason in problems:
@@ -770,7 +772,14 @@ def _plan_import(
             clinic = clinics[key] = _clinic_plan(row, directory)
         elif not _agrees(clinic, row, errors):
             continue
-        where = location_key(row.address, row.city, row.state, row.zip)
+        # location_key(row.address, row.city, row.state, row.zip), knowing that a valid row's
+        # state is a two-letter code and its ZIP has no spaces.
+        where = (
+            collapse(row.address).casefold(),
+            collapse(row.city).casefold(),
+            row.state.casefold(),
+            (row.zip or "").casefold(),
+        )
         first = seen_locations.setdefault((key, where), row.row)
         if first != row.row:
             errors.append(RowError(row.row, "address", f"the same location as row {first}"))
