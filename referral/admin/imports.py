@@ -200,7 +200,9 @@ def read_csv(text: str) -> ParsedFile:
             if "'" in "".join(cells):  # rare: then look for defused formula triggers
                 cells = [_unquoted(cell) for cell in cells]
             # An empty cell is None, as an absent column.
-            if named is not None:
+            if named is not None and "" not in cells:
+                values = dict(zip(named, cells, strict=True))
+            elif named is not None:
                 values = {name: cell or None for name, cell in zip(named, cells, strict=True)}
             else:
                 values = {
