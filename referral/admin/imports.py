@@ -200,6 +200,7 @@ def read_csv(text: str) -> ParsedFile:
             if "'" in "".join(cells):  # rare: then look for defused formula triggers
                 cells = [_unquoted(cell) for cell in cells]
             # An empty cell is None, as an absent column.
+            values: dict[str, str | None]
             if named is not None and "" not in cells:
                 values = dict(zip(named, cells, strict=True))
             elif named is not None:
