@@ -36,9 +36,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -137,6 +138,8 @@ class SizeResult:
     rss_start_mb: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    # CPU ms per request inside one process (app_cpu), per endpoint.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def import_rps(self) -> float:
@@ -644,7 +647,55 @@ def run_size(size: int, databases: Databases, workdir: Path, options: Options) -
     key = create_key(url)
     result = SizeResult(size, len(directory.rows), import_seconds, raw_seconds, written)
     measure(url, key, result, workdir, options)
+    say("  app CPU per request, in-process")
+    result.cpu_ms = app_cpu(url, key, options, result.baseline)
     return result
+
+
+CPU_REQUESTS = 300
+
+
+def app_cpu(url: str, key: str, options: Options, baseline: str) -> dict[str, float]:
+    """CPU milliseconds per request of each endpoint inside one process: Flask's test client,
+    no HTTP server, no load generator, nothing else competing. Not a target; it says what
+    each request costs the app itself, which is what bounds the throughput ratios."""
+    from referral.geo.gazetteer import get_gazetteer
+
+    app = create_app(
+        {
+            "DATABASE_URL": url,
+            "RATELIMIT_STORAGE_URI": options.ratelimit_storage,
+            "RATELIMIT_PUBLIC": HIGH_LIMIT,
+            "RATELIMIT_REFERRALS": HIGH_LIMIT,
+            "RATELIMIT_GEOCODE": HIGH_LIMIT,
+        }
+    )
+    gazetteer = get_gazetteer(str(REPO / "instance"))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    # Other origins and bodies than the load's (other seeds): nothing is answered twice.
+    paths = data.nearest_paths(CPU_REQUESTS + 30, gazetteer, seed=101)
+    bodies = data.referral_bodies(CPU_REQUESTS + 30, gazetteer, seed=102)
+    post = partial(client.post, "/v1/referrals", content_type="application/json", headers=headers)
+    calls: dict[str, list[Callable[[], Any]]] = {
+        "healthz": [partial(client.get, baseline)] * (CPU_REQUESTS + 30),
+        "nearest": [partial(client.get, path) for path in paths],
+        "referral": [partial(post, data=body) for body in bodies],
+    }
+    costs = {}
+    try:
+        for name, requests in calls.items():
+            for call in requests[:30]:  # warm: the index, caches, connections
+                call()
+            started = time.process_time()
+            for call in requests[30:]:
+                status = call().status_code
+                if status >= 400:
+                    raise RuntimeError(f"in-process {name}: HTTP {status}")
+            costs[name] = (time.process_time() - started) / CPU_REQUESTS * 1000
+    finally:
+        get_database(app).dispose()
+    return costs
 
 
 # ---- the table ----------------------------------------------------------------------------
@@ -707,6 +758,20 @@ def table(results: list[SizeResult], context: dict[str, str]) -> str:
         lines.append(
             f"NOTE: {HEALTHZ} was missing; ratios are against {', '.join(fallbacks)} instead"
         )
+    cpu = [r for r in results if r.cpu_ms]
+    if cpu:
+        lines.append("")
+        lines.append("app CPU per request, in-process (ms; test client, no server, no load):")
+        for r in cpu:
+            healthz = r.cpu_ms.get("healthz") or 0.0
+            lines.append(
+                f"  {r.size:,}: "
+                + ", ".join(
+                    f"{name} {ms:.2f}"
+                    + (f" ({healthz / ms:.2f}x healthz)" if name != "healthz" and ms else "")
+                    for name, ms in r.cpu_ms.items()
+                )
+            )
     top = max(results, key=lambda result: result.size)
     lines.append("")
     where = "" if top.size == TARGET_SIZE else f" (targets are set at {TARGET_SIZE:,})"
