@@ -162,7 +162,8 @@ def read_import(data: bytes, fmt: str) -> ParsedFile:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return ParsedFile(fmt, errors=[RowError(0, None, f"not UTF-8 text ({exc.reason})")])
-    return read_csv(text) if fmt == "csv" else read_json(text)
+    with _collector_paused():  # a row's dict per row: see _collector_paused
+        return read_csv(text) if fmt == "csv" else read_json(text)
 
 
 def _unknown_column(name: str) -> str:
