@@ -1262,7 +1262,10 @@ def _write_specialties(session: Session, plan: ImportPlan, actor: Actor) -> None
         if clinic.action == UNCHANGED:
             continue
         assert clinic.id is not None
-        before = set(clinic.before["specialties"]) if clinic.before else set()
+        if not clinic.before:  # a new clinic: all its codes (no sets to build)
+            added += [(clinic.id, code) for code in sorted(set(clinic.specialties))]
+            continue
+        before = set(clinic.before["specialties"])
         after = set(clinic.specialties)
         removed.extend({"b_clinic": clinic.id, "b_code": code} for code in sorted(before - after))
         added.extend((clinic.id, code) for code in sorted(after - before))
