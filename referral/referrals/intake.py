@@ -193,7 +193,9 @@ class NewReferral:
 def create_referral(
     session: Session, request: ReferralRequest, *, source: str, source_key_id: int | None
 ) -> NewReferral:
-    """Match and store a referral with its first history line; don't commit."""
+    """Match and make a referral with its first history line. Nothing is written yet:
+    ``store_referral`` does, as late as it can (on SQLite the first write takes the database's
+    one write lock, held until the commit)."""
     vocabulary = intake_vocabulary(session, request.concerns, request.red_flags)
     needed = specialties_needed(session, vocabulary, request.concerns, request.specialties)
     urgency, escalations = escalate(vocabulary, request.urgency, request.red_flags)
@@ -238,15 +240,20 @@ def create_referral(
         to_status=Status.CREATED.value,
         note=None,
     )
+    return NewReferral(referral, [event], match.hit.location)
+
+
+def store_referral(session: Session, new: NewReferral) -> None:
+    """Write what ``create_referral`` made in ``session``'s transaction; don't commit."""
     # Core inserts, the referral first (the event refers to it): the unit of work would cost
     # more than the rest of storing. The event's id is never shown, so it is not read back.
     connection = session.connection()
-    connection.execute(_INSERT_REFERRAL, _values(_REFERRAL, referral))
-    connection.execute(_INSERT_EVENT, _values(_EVENT, event, skip=("id",)))
+    connection.execute(_INSERT_REFERRAL, _values(_REFERRAL, new.referral))
+    for event in new.history:
+        connection.execute(_INSERT_EVENT, _values(_EVENT, event, skip=("id",)))
     # The stored referral joins the session as if loaded, so later changes to it are flushed.
-    make_transient_to_detached(referral)
-    session.add(referral)
-    return NewReferral(referral, [event], match.hit.location)
+    make_transient_to_detached(new.referral)
+    session.add(new.referral)
 
 
 _REFERRAL: Table = Referral.__table__  # type: ignore[attr-defined]

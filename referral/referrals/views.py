@@ -28,7 +28,12 @@ from referral.ops import metrics
 from referral.ops.limits import limit_referral_intake
 from referral.referrals import audit, idempotency
 from referral.referrals import log as referral_log
-from referral.referrals.intake import ReferralInputError, ReferralRequest, create_referral
+from referral.referrals.intake import (
+    ReferralInputError,
+    ReferralRequest,
+    create_referral,
+    store_referral,
+)
 from referral.referrals.models import Status, Urgency
 from referral.referrals.schemas import (
     STATUS_CHANGE_BODY,
@@ -249,13 +254,15 @@ class Referrals(MethodView):
                 session, _referral_request(body), source=key.name, source_key_id=key.id
             )
             referral = created.referral
-            # Dumped before the commit, from the objects in hand: after it they would be
-            # expired, and dumping them would read every one back.
+            # Dumped from the objects in hand, before anything is written: after the commit
+            # they would be expired (dumping would read them back), and from the first write
+            # to the commit SQLite's one write lock is held.
             answer = referral_json(
                 referral_log.detail(
                     session, referral, location=created.location, events=created.history
                 )
             )
+            store_referral(session, created)
             if claim is not None:
                 idempotency.complete(
                     session, claim, status=201, body=answer, referral_id=referral.id
