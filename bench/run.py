@@ -317,7 +317,10 @@ def timed_raw_insert(imported_url: str, fresh_url: str) -> tuple[float, dict[str
     import referral.admin.models  # noqa: F401  # the change log's table in the metadata
 
     source = sa.create_engine(imported_url, poolclass=sa.NullPool)
-    target = sa.create_engine(fresh_url, poolclass=sa.NullPool)
+    # The app's own engine: the same connection settings as the import had (on SQLite WAL
+    # and foreign keys on), so the two differ only in what is done per row.
+    target_app = create_app({"DATABASE_URL": fresh_url})
+    target = get_database(target_app).engine
     before = _max_ids(target)  # the seeded rows, the same in both databases
     dialect = target.dialect
     placeholder = "?" if dialect.name == "sqlite" else "%s"
