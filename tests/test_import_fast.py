@@ -243,3 +243,24 @@ def test_specialties_fast_path_takes_known_codes() -> None:
     assert imports._FAST_CODES is not None
     assert imports._FAST_CODES(("spine", "sports")) == ["spine", "sports"]
     assert imports._FAST_CODES(("spine",) * 21) is UNSURE
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), JSON_VALUES, max_size=6) | JSON_VALUES)
+def test_change_log_diffs_are_stored_as_core_stores_them(value: Any) -> None:
+    """The import's JSON conversion on SQLite gives Core's own text (json.dumps)."""
+    from sqlalchemy.dialects import sqlite
+
+    dialect = sqlite.dialect()
+    table = imports._table(imports.AdminChange)
+    core = table.c["diff"].type.dialect_impl(dialect).bind_processor(dialect)
+    ours = imports._driver_value(table, "diff", dialect)
+    assert core is not None and ours is not None and ours is not core
+    assert ours(value) == core(value)

@@ -28,11 +28,13 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from operator import itemgetter
 from typing import Any, cast
 
 import marshmallow as ma
 from sqlalchemy import CursorResult, Dialect, Table, bindparam, delete, func, select, text, update
+from sqlalchemy.sql import sqltypes
 from sqlmodel import Session, SQLModel, col
 
 from referral.admin.import_fast import (
@@ -972,7 +974,27 @@ def _driver_value(table: Table, name: str, dialect: Dialect) -> Callable[[Any], 
     """What Core does to a value of the column before the driver gets it (the dialect's own
     type's bind processor: datetimes as text on SQLite, JSON serialized, ...)."""
     column_type = table.c[name].type
-    return column_type.dialect_impl(dialect).bind_processor(dialect)
+    process = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if (
+        process is not None
+        and isinstance(column_type, sqltypes.JSON)
+        and dialect.name == "sqlite"
+        and getattr(dialect, "_json_serializer", None) is None
+    ):
+        # Core's processor is json.dumps(value) here (SQLite text needs no further
+        # conversion): a dict takes the one reused encoder with json.dumps's own settings,
+        # the same text without json.dumps's per-call set-up; anything else goes to Core.
+        return partial(_json_or, process)
+    return process
+
+
+# json.dumps's settings; no circularity check (a change-log diff is a fresh tree of plain
+# values, and a circular one would fail anyway).
+_JSON_TEXT = json.JSONEncoder(check_circular=False).encode
+
+
+def _json_or(process: Callable[[Any], Any], value: Any) -> Any:
+    return _JSON_TEXT(value) if type(value) is dict else process(value)
 
 
 def _insert(
