@@ -64,6 +64,9 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "IDEMPOTENCY_STALE_SECONDS": 60,
         # Public GETs may be cached briefly by browsers and CDNs.
         "PUBLIC_CACHE_MAX_AGE": 60,
+        # How long a worker trusts an API key's row (referral/auth/keys.py): a key revoked
+        # elsewhere is refused by every worker within this many seconds; 0 reads it each time.
+        "API_KEY_CACHE_SECONDS": 5.0,
         **SERVER_DEFAULTS,
         # The container's entrypoint loads seed_data/ before serving when true. Off by default:
         # seeding puts seeded clinics back as the files say, undoing admin edits to them.
