@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import random
 from typing import Any
 
@@ -264,3 +265,63 @@ def test_change_log_diffs_are_stored_as_core_stores_them(value: Any) -> None:
     ours = imports._driver_value(table, "diff", dialect)
     assert core is not None and ours is not None and ours is not core
     assert ours(value) == core(value)
+
+
+EVERYDAY = {
+    "clinic_name": ["Lakeside Physio", "Zoë Physio", "A"],
+    "phone": ["(612) 555-0147", "+1 612 555 0147", "612.555.0147"],
+    "website": ["https://a.example.com", "http://x.io/"],
+    "address": ["12 Main St", "PO Box 4"],
+    "city": ["Minneapolis", "St. Paul"],
+    "state": ["MN", "TX"],
+    "zip": ["55401", "55401-1234"],
+    "lat": ["44.9", "-90", "0"],
+    "lon": ["-93.2", "180", "12"],
+    "specialties": ["orthopedic", "spine; sports", "; ;"],
+}
+
+
+def cell_by_cell(
+    validator: imports._Validator, column: str, raws: list[Any]
+) -> tuple[list[Any], list[tuple[int, str]]]:
+    """A column checked one cell at a time (the path every cell could take)."""
+    values, problems = [], []
+    for index, raw in enumerate(raws):
+        value, reason = validator._cell(column, tuple(raw) if type(raw) is list else raw)
+        if reason is not None:
+            problems.append((index, reason))
+        values.append(value if value != () else None)
+    return values, problems
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), column=st.sampled_from(list(imports.COLUMNS)))
+def test_a_column_answers_as_its_cells(data: st.DataObject, column: str) -> None:
+    """Whole-column checks, repeated values once: the values and refusals of each cell."""
+    cell = st.sampled_from(EVERYDAY[column])
+    if data.draw(st.booleans()):  # most columns are everyday cells; some have odd ones
+        cell = cell | st.sampled_from(ODD) | st.none() | st.text(max_size=12)
+    if column == "specialties":
+        cell = cell | st.lists(st.sampled_from([*KNOWN_SPECIALTIES, "x", " ", "a\x00"]))
+    raws = data.draw(st.lists(cell, max_size=12))
+    validator = imports._Validator(KNOWN_SPECIALTIES)
+    got = validator._column(column, raws)
+    assert got == cell_by_cell(validator, column, raws)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), column=st.sampled_from(sorted(imports._FAST_COLUMNS)))
+def test_column_check_is_the_cell_check(data: st.DataObject, column: str) -> None:
+    """A whole column passes exactly when each cell does (numbers: each finite one), with
+    the cells' own values."""
+    cell = st.sampled_from(EVERYDAY[column]) | st.sampled_from(ODD) | st.text(max_size=12)
+    raws = data.draw(st.lists(cell, max_size=8))
+    cells = [imports._FAST[column](raw) for raw in raws]
+    whole = imports._FAST_COLUMNS[column](raws)
+    if whole is None:
+        assert any(
+            value is UNSURE or (isinstance(value, float) and not math.isfinite(value))
+            for value in cells
+        )
+    else:
+        assert whole == cells

@@ -131,6 +131,87 @@ def _compile_validator(validator: Any, is_number: bool) -> Callable[[Any], bool]
     return None
 
 
+# ---- whole columns ---------------------------------------------------------------------------
+
+ColumnCheck = Callable[[list[str]], "list[Any] | None"]  # cells -> their values, or None
+
+
+def compile_column(field: ma.fields.Field[Any]) -> ColumnCheck | None:
+    """compile_field's check for a whole column of text cells at once: each rule taken over
+    the column in C-level passes (lengths by their least and greatest, refused characters by
+    one search of the cells joined by a space, which no rule refuses and which cannot join two
+    cells' characters into a match: the refused characters are single characters; ranges by
+    the least and greatest number). Every cell's value when every cell passes; else None, and
+    the cells go one by one (compile_field's check, then the reference)."""
+    if compile_field(field) is None:
+        return None  # a rule this module does not know, or not a text or number field
+    is_number = type(field) is not ma.fields.String and type(field) is not VocabularyCode
+    checks = [_compile_column_validator(validator, is_number) for validator in field.validators]
+    if any(check is None for check in checks):
+        return None
+    known = [check for check in checks if check is not None]
+    if not is_number:
+
+        def text_column(values: list[str]) -> list[Any] | None:
+            if values and not all(check(values) for check in known):
+                return None
+            return values
+
+        return text_column
+
+    def number_column(values: list[str]) -> list[Any] | None:
+        try:
+            numbers = list(map(float, values))  # what ma.fields.Float does (num_type)
+        except ValueError:
+            return None
+        if not all(map(math.isfinite, numbers)):
+            return None  # NaN and infinities cell by cell (allow_nan decides there)
+        if numbers and not all(check(numbers) for check in known):
+            return None
+        return numbers
+
+    return number_column
+
+
+def _compile_column_validator(
+    validator: Any, is_number: bool
+) -> Callable[[list[Any]], bool] | None:
+    """_compile_validator's rule over a non-empty column: True when every value passes."""
+    kind = type(validator)
+    if kind is validate.Length and not is_number:
+        equal, low, high = validator.equal, validator.min, validator.max
+
+        def lengths(values: list[Any]) -> bool:
+            sizes = list(map(len, values))
+            shortest, longest = min(sizes), max(sizes)
+            if equal is not None:
+                return shortest == longest == equal
+            return (low is None or shortest >= low) and (high is None or longest <= high)
+
+        return lengths
+    if kind is PlainText and not is_number:
+        multiline = validator.multiline
+        return lambda values: (
+            text_problem(" ".join(values), multiline=multiline) is None
+            and all(map(str.strip, values))
+        )
+    if kind is Pattern and not is_number:
+        regex: re.Pattern[str] = validator.regex
+        return lambda values: all(map(regex.fullmatch, values))  # a match is always true
+    if kind is validate.Range and is_number:
+        low, high = validator.min, validator.max
+        low_in, high_in = validator.min_inclusive, validator.max_inclusive
+
+        def bounds(values: list[Any]) -> bool:
+            least, most = min(values), max(values)
+            return (low is None or (least >= low if low_in else least > low)) and (
+                high is None or (most <= high if high_in else most < high)
+            )
+
+        return bounds
+    return None
+
+
 # ---- phone numbers --------------------------------------------------------------------------
 
 # The everyday shapes of a North American number: 10 ASCII digits, the area code not starting

@@ -39,7 +39,9 @@ from sqlmodel import Session, SQLModel, col
 
 from referral.admin.import_fast import (
     UNSURE,
+    ColumnCheck,
     FastCheck,
+    compile_column,
     compile_field,
     compile_list,
     fast_phone,
@@ -372,6 +374,16 @@ def _fast_phone(text_check: FastCheck) -> FastCheck:
     return check
 
 
+def _phone_column(text_column: ColumnCheck) -> ColumnCheck:
+    def check(raws: list[str]) -> list[Any] | None:
+        texts = text_column(raws)
+        if texts is None:
+            return None
+        return [phone if phone is not None else UNSURE for phone in map(fast_phone, texts)]
+
+    return check
+
+
 # Fast paths for the cells of text: the same rules, the same values (import_fast.py); a cell
 # they are not sure of goes to the field itself, so error messages come from marshmallow.
 _FAST: dict[str, FastCheck] = {
@@ -381,6 +393,14 @@ _FAST: dict[str, FastCheck] = {
 }
 if "phone" in _FAST:
     _FAST["phone"] = _fast_phone(_FAST["phone"])
+# The same, a whole column at once (import_fast.compile_column): None sends it cell by cell.
+_FAST_COLUMNS: dict[str, ColumnCheck] = {
+    column: whole
+    for column, field in _SCHEMA_FIELDS.items()
+    if column in _FAST and (whole := compile_column(field)) is not None
+}
+if "phone" in _FAST_COLUMNS:
+    _FAST_COLUMNS["phone"] = _phone_column(_FAST_COLUMNS["phone"])
 _FAST_CODES = compile_list(_SCHEMA_FIELDS["specialties"])  # then: every code known
 
 
@@ -495,31 +515,53 @@ class _Validator:
 
     def _column(self, column: str, raws: list[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
         """A column's values (None where absent or refused) and its refusals (index, reason)."""
+        if column not in _CACHED:
+            return self._cells(column, raws)
+        # A repeated value once: its distinct values checked as a column of their own.
+        keys = [tuple(raw) if type(raw) is list else raw for raw in raws]
+        distinct = list(dict.fromkeys(keys))
+        values, problems = self._cells(column, distinct)
+        value_of = dict(zip(distinct, values, strict=True))
+        found = list(map(value_of.__getitem__, keys))
+        if not problems:
+            return found, problems
+        reason_of = {distinct[index]: reason for index, reason in problems}
+        return found, [
+            (index, reason_of[key]) for index, key in enumerate(keys) if key in reason_of
+        ]
+
+    def _cells(self, column: str, raws: list[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
+        """_column for cells taken one by one (and by the fast paths, the whole column first)."""
         problems: list[tuple[int, str]] = []
-        if column in _CACHED:
-            keys = [tuple(raw) if type(raw) is list else raw for raw in raws]
-            results = {key: self._cell(column, key) for key in set(keys)}
-            found = [results[key] for key in keys]
-        else:
-            fast = _FAST.get(column)
-            if fast is not None:
-                quick = [
-                    fast(raw) if type(raw) is str and "\x00" not in raw else UNSURE for raw in raws
-                ]
-                if not any(value is UNSURE for value in quick):
-                    return quick, problems
-                found = [
-                    (value, None) if value is not UNSURE else self._cell(column, raw)
-                    for value, raw in zip(quick, raws, strict=True)
-                ]
-            else:
-                found = [self._cell(column, raw) for raw in raws]
+        quick = self._quick(column, raws)
+        if quick is not None and not any(value is UNSURE for value in quick):
+            return quick, problems
         values: list[Any] = []
-        for index, (value, reason) in enumerate(found):
-            if reason is not None:
-                problems.append((index, reason))
+        for index, raw in enumerate(raws):
+            value = quick[index] if quick is not None else UNSURE
+            if value is UNSURE:
+                value, reason = self._cell(column, raw)
+                if reason is not None:
+                    problems.append((index, reason))
             values.append(value if value != () else None)  # "; ;" says nothing either
         return values, problems
+
+    @staticmethod
+    def _quick(column: str, raws: list[Any]) -> list[Any] | None:
+        """The fast paths' values, UNSURE where they are not sure; None without a fast path."""
+        fast = _FAST.get(column)
+        if fast is None:
+            return None
+        whole = _FAST_COLUMNS.get(column)
+        if (
+            whole is not None
+            and all(type(raw) is str for raw in raws)
+            and "\x00" not in "".join(raws)
+        ):
+            values = whole(raws)
+            if values is not None:
+                return values
+        return [fast(raw) if type(raw) is str and "\x00" not in raw else UNSURE for raw in raws]
 
     def _cell(self, column: str, raw: Any) -> tuple[Any, str | None]:
         """(value, None), (None, None) for an absent value, or (None, reason)."""
