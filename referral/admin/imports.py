@@ -534,16 +534,17 @@ class _Validator:
         """_column for cells taken one by one (and by the fast paths, the whole column first)."""
         problems: list[tuple[int, str]] = []
         quick = self._quick(column, raws)
-        if quick is not None and not any(value is UNSURE for value in quick):
+        if quick is None:
+            quick = [UNSURE] * len(raws)
+        unsure = [index for index, value in enumerate(quick) if value is UNSURE]
+        if not unsure:
             return quick, problems
-        values: list[Any] = []
-        for index, raw in enumerate(raws):
-            value = quick[index] if quick is not None else UNSURE
-            if value is UNSURE:
-                value, reason = self._cell(column, raw)
-                if reason is not None:
-                    problems.append((index, reason))
-            values.append(value if value != () else None)  # "; ;" says nothing either
+        values = list(quick)  # quick may be raws itself
+        for index in unsure:
+            value, reason = self._cell(column, raws[index])
+            if reason is not None:
+                problems.append((index, reason))
+            values[index] = value if value != () else None  # "; ;" says nothing either
         return values, problems
 
     @staticmethod
@@ -553,14 +554,16 @@ class _Validator:
         if fast is None:
             return None
         whole = _FAST_COLUMNS.get(column)
-        if (
-            whole is not None
-            and all(type(raw) is str for raw in raws)
-            and "\x00" not in "".join(raws)
-        ):
-            values = whole(raws)
-            if values is not None:
-                return values
+        if whole is not None:
+            # The column's text cells (an absent one is None: cell by cell, as ever).
+            texts = [raw for raw in raws if type(raw) is str]
+            if "\x00" not in "".join(texts):
+                values = whole(texts)
+                if values is not None:
+                    if len(texts) == len(raws):
+                        return values
+                    given = iter(values)
+                    return [next(given) if type(raw) is str else UNSURE for raw in raws]
         return [fast(raw) if type(raw) is str and "\x00" not in raw else UNSURE for raw in raws]
 
     def _cell(self, column: str, raw: Any) -> tuple[Any, str | None]:
