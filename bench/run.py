@@ -36,10 +36,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -655,49 +654,17 @@ def run_size(size: int, databases: Databases, workdir: Path, options: Options) -
     return result
 
 
-CPU_REQUESTS = 300
-
-
 def app_cpu(url: str, key: str, options: Options, baseline: str) -> dict[str, float]:
-    """CPU milliseconds per request of each endpoint inside one process: Flask's test client,
-    no HTTP server, no load generator, nothing else competing. Not a target; it says what
-    each request costs the app itself, which is what bounds the throughput ratios."""
-    from referral.geo.gazetteer import get_gazetteer
-
-    app = create_app(
-        {
-            "DATABASE_URL": url,
-            "RATELIMIT_STORAGE_URI": options.ratelimit_storage,
-            "RATELIMIT_PUBLIC": HIGH_LIMIT,
-            "RATELIMIT_REFERRALS": HIGH_LIMIT,
-            "RATELIMIT_GEOCODE": HIGH_LIMIT,
-        }
-    )
-    gazetteer = get_gazetteer(str(REPO / "instance"))
-    client = app.test_client()
-    headers = {"Authorization": f"Bearer {key}"}
-    # Other origins and bodies than the load's (other seeds): nothing is answered twice.
-    paths = data.nearest_paths(CPU_REQUESTS + 30, gazetteer, seed=101)
-    bodies = data.referral_bodies(CPU_REQUESTS + 30, gazetteer, seed=102)
-    post = partial(client.post, "/v1/referrals", content_type="application/json", headers=headers)
-    calls: dict[str, list[Callable[[], Any]]] = {
-        "healthz": [partial(client.get, baseline)] * (CPU_REQUESTS + 30),
-        "nearest": [partial(client.get, path) for path in paths],
-        "referral": [partial(post, data=body) for body in bodies],
-    }
-    costs = {}
-    try:
-        for name, requests in calls.items():
-            for call in requests[:30]:  # warm: the index, caches, connections
-                call()
-            started = time.process_time()
-            for call in requests[30:]:
-                status = call().status_code
-                if status >= 400:
-                    raise RuntimeError(f"in-process {name}: HTTP {status}")
-            costs[name] = (time.process_time() - started) / CPU_REQUESTS * 1000
-    finally:
-        get_database(app).dispose()
+    """CPU milliseconds per request of each endpoint inside one process (bench/cpu.py), run
+    in a fresh interpreter: this one holds the whole synthetic directory, whose garbage
+    collections would be charged to the requests."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cpu", url, baseline, options.ratelimit_storage],
+        input=key, cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.cpu failed: {done.stderr[-2000:]}")
+    costs: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return costs
 
 
