@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from flask import Response, current_app, request, url_for
 from flask.views import MethodView
@@ -302,11 +302,13 @@ def _radius_json(radius: float | None, unit: str, km: float | None) -> dict[str,
 
 
 def _json_response(data: dict[str, Any]) -> Response:
-    """``data`` as JSON, as flask-smorest's @response would send it, with an ETag from the
-    bytes sent (no second serialization to compute it; 304 when the client has them)."""
-    body = current_app.json.dumps(data) + "\n"
-    locations_blp.set_etag(hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest())
-    return current_app.response_class(body, mimetype="application/json")
+    """``data`` as JSON, as flask-smorest's @response would send it (the app's JSON provider),
+    with an ETag from the bytes sent (no second serialization to compute it; 304 when the
+    client has them)."""
+    # The provider builds app.response_class, a flask Response (typed as werkzeug's base).
+    response = cast(Response, current_app.json.response(data))
+    locations_blp.set_etag(hashlib.sha1(response.get_data(), usedforsecurity=False).hexdigest())
+    return response
 
 
 @locations_blp.route("/nearest")
