@@ -18,6 +18,8 @@ from bench import data  # noqa: E402
 from referral import create_app  # noqa: E402
 from referral.db import get_database  # noqa: E402
 
+# Limits no load here can reach: the limiter's bookkeeping (a Redis round trip per request)
+# is measured, a 429 never happens. bench/run.py sets the server's limits to this too.
 HIGH_LIMIT = "1000000000 per minute"
 CPU_REQUESTS = 300
 WARM = 30

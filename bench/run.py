@@ -51,6 +51,7 @@ if str(REPO) not in sys.path:  # `python bench/run.py` as well as `python -m ben
     sys.path.insert(0, str(REPO))
 
 from bench import data  # noqa: E402
+from bench.cpu import HIGH_LIMIT  # noqa: E402
 from referral import create_app  # noqa: E402
 from referral.admin.imports import Actor, apply_import, plan_import, read_import  # noqa: E402
 from referral.db import get_database, session_scope  # noqa: E402
@@ -64,9 +65,6 @@ QUICK_SIZES = (100, 10_000)
 TARGET_SIZE = 100_000
 DATABASE_ENV = "REFERRAL_BENCH_DATABASE_URL"
 REDIS_URL = "redis://127.0.0.1:6379/0"
-# Limits no load here can reach: the limiter's bookkeeping (a Redis round trip per request)
-# is measured, a 429 never happens.
-HIGH_LIMIT = "1000000000 per minute"
 HEALTHZ = "/healthz"
 FALLBACK_HEALTH = "/v1/specialties"  # used only while /healthz does not exist yet
 ORIGINS = 2000

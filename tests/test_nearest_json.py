@@ -111,7 +111,6 @@ def test_the_nearest_answer_is_what_the_schema_dumps(odd_directory, client, quer
         expected = NearestResponseSchema().dump(
             {
                 **body,
-                "origin": body["origin"],
                 "results": [orm_hit(hit) for hit in body["results"]],
                 "nearest_outside_radius": orm_hit(body["nearest_outside_radius"])
                 if body["nearest_outside_radius"]

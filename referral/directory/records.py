@@ -1,4 +1,4 @@
-"""Locations as read for an answer: plain, immutable records, one Core query, no ORM.
+"""Locations as read for an answer: plain, immutable records, two Core queries, no ORM.
 
 Nearest search reads the rows of its best candidates in every request (so what it shows is
 never older than the database). Loading them as ORM objects (identity map, relationship
