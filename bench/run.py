@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -134,6 +135,8 @@ class SizeResult:
     baseline: str = HEALTHZ  # the path ratios are taken against
     rss_start_mb: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    # Requests each worker answered over the whole size's run (the access log), busiest first.
+    requests_per_worker: list[int] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     # CPU ms per request inside one process (app_cpu), per endpoint.
     cpu_ms: dict[str, float] = field(default_factory=dict)
@@ -537,6 +540,12 @@ def health_path(base: str) -> str:
 
 def server_env(options: Options) -> dict[str, str]:
     return {
+        # One listening socket per worker, as REUSE_PORT=auto gives where the kernel has
+        # net.ipv4.tcp_migrate_req=1 (docs/operations.md). With one shared socket, wrk's 16
+        # connections all landed on one worker in about half the runs, at half the throughput:
+        # that, not the code, decided the ratios. The bench restarts no worker, so nothing
+        # queued is ever reset.
+        "REFERRAL_REUSE_PORT": "true",
         "REFERRAL_RATELIMIT_STORAGE_URI": options.ratelimit_storage,
         "REFERRAL_RATELIMIT_PUBLIC": HIGH_LIMIT,
         "REFERRAL_RATELIMIT_REFERRALS": HIGH_LIMIT,
@@ -591,7 +600,17 @@ def measure(url: str, key: str, result: SizeResult, workdir: Path, options: Opti
             if served.process.poll() is not None:
                 raise RuntimeError(served.explain("the server stopped"))
         result.rss_mb = [rss_mb(pid) for pid in worker_pids(served.process.pid)]
+    result.requests_per_worker = requests_per_worker(served.output())
+    say(f"  requests per worker: {' / '.join(f'{n:,}' for n in result.requests_per_worker)}")
     summarize(result)
+
+
+def requests_per_worker(server_output: str) -> list[int]:
+    counts: Counter[int] = Counter()
+    for line in server_output.splitlines():
+        if '"gunicorn.access"' in line:
+            counts[int(json.loads(line)["pid"])] += 1
+    return sorted(counts.values(), reverse=True)
 
 
 def summarize(result: SizeResult) -> None:
@@ -774,7 +793,8 @@ def machine(options: Options, databases: Databases) -> dict[str, str]:
         f"{platform.release()}, Python {platform.python_version()}",
         "database": databases.version(),
         "server": f"referral serve: {options.workers} gunicorn workers x {options.threads} "
-        f"threads; rate limits on {options.ratelimit_storage} at {HIGH_LIMIT}",
+        f"threads, a listening socket each; rate limits on {options.ratelimit_storage} at "
+        f"{HIGH_LIMIT}",
         "load": f"{wrk_version()}, {options.wrk_threads} thread(s), {options.connections} "
         f"connections; {options.rounds} round(s) of {options.duration:.0f} s per endpoint "
         f"after {options.warmup:.0f} s warm-up; ratios: median over rounds",

@@ -25,6 +25,12 @@ SERVER_DEFAULTS: dict[str, Any] = {
     # On SIGTERM, workers finish their requests for up to this long before being killed.
     "GRACEFUL_TIMEOUT": 30,
     "KEEPALIVE": 5,
+    # One listening socket per worker (SO_REUSEPORT), the kernel spreading new connections
+    # over them: "auto" (only where Linux hands a stopping worker's queued connections to the
+    # others, net.ipv4.tcp_migrate_req=1), true or false. With one shared socket the first
+    # worker awake can take a whole burst of keep-alive connections and keep them while the
+    # others idle (docs/operations.md, "Spreading connections over workers").
+    "REUSE_PORT": "auto",
     "LOG_LEVEL": "info",
     # Prometheus multiprocess files; None: a fresh directory per server start (see
     # docs/operations.md). Emptied when the server starts either way.
@@ -133,4 +139,7 @@ def server_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             raise ValueError(f"{ENV_PREFIX}{name} must be a whole number >= {least}: {value!r}")
     settings["BIND"] = str(settings["BIND"])
     settings["LOG_LEVEL"] = str(settings["LOG_LEVEL"])
+    reuse_port = settings["REUSE_PORT"]
+    if not (reuse_port is True or reuse_port is False or reuse_port == "auto"):
+        raise ValueError(f"{ENV_PREFIX}REUSE_PORT must be auto, true or false: {reuse_port!r}")
     return settings

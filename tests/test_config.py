@@ -66,7 +66,13 @@ def test_server_settings_come_from_the_environment():
         {"REFERRAL_WORKERS": "5", "REFERRAL_THREADS": "1", "REFERRAL_BIND": "0.0.0.0:9000"}
     )
     assert (settings["WORKERS"], settings["THREADS"], settings["BIND"]) == (5, 1, "0.0.0.0:9000")
-    bad_values = {"REFERRAL_WORKERS": "0", "REFERRAL_THREADS": "many", "REFERRAL_TIMEOUT": "-1"}
+    assert server_settings({"REFERRAL_REUSE_PORT": "false"})["REUSE_PORT"] is False
+    bad_values = {
+        "REFERRAL_WORKERS": "0",
+        "REFERRAL_THREADS": "many",
+        "REFERRAL_TIMEOUT": "-1",
+        "REFERRAL_REUSE_PORT": "1",
+    }
     for bad in ({name: value} for name, value in bad_values.items()):
         with pytest.raises(ValueError, match="REFERRAL_"):
             server_settings(bad)

@@ -44,8 +44,10 @@ _made_metrics_dir: list[str] = []
 
 
 def on_starting(server: _Any) -> None:
-    """Before any worker: one metrics directory for this server, emptied of earlier runs'
-    files, named in the environment the workers inherit."""
+    """Before any worker: how workers listen (the final binds are known only now), and one
+    metrics directory for this server, emptied of earlier runs' files, named in the
+    environment the workers inherit."""
+    _plan_listening(server)
     if "prometheus_client.values" in _sys.modules:
         # Too late to switch to multiprocess mode in this process: every worker would keep
         # its own counts and /metrics would show one worker's share.
@@ -61,6 +63,28 @@ def on_starting(server: _Any) -> None:
         _made_metrics_dir.append(directory)
     _os.environ[_MULTIPROC_ENV] = directory
     server.log.info("metrics directory %s", directory)
+
+
+def _plan_listening(server: _Any) -> None:
+    from referral.ops.listening import (
+        kernel_migrates_queued_connections,
+        plan_listening,
+        refuse_if_taken,
+    )
+
+    # `--reuse-port` on the command line counts as REFERRAL_REUSE_PORT=true.
+    setting = True if server.cfg.reuse_port else _settings["REUSE_PORT"]
+    plan = plan_listening(setting, server.cfg.address, _os.environ)
+    if plan.reuse_port:
+        refuse_if_taken(server.cfg.address)  # RuntimeError: gunicorn says "Error: ..." and exits
+    server.cfg.set("reuse_port", plan.reuse_port)
+    how = "one socket per worker (SO_REUSEPORT)" if plan.reuse_port else "one shared socket"
+    server.log.info("listening: %s: %s", how, plan.why)
+    if plan.reuse_port and not kernel_migrates_queued_connections():
+        server.log.warning(
+            "net.ipv4.tcp_migrate_req is not 1: connections queued for a stopping worker "
+            "will be reset"
+        )
 
 
 def post_worker_init(worker: _Any) -> None:
