@@ -897,7 +897,7 @@ def test_hostile_bytes_through_gunicorn(world: World, live: Served, case: LiveCa
 # Malformed framing is refused by gunicorn's parser before any application code runs: a CR or
 # LF inside a header value (header injection / response splitting), control bytes, obsolete
 # line folding, request smuggling shapes, header blocks over gunicorn's limit. Gunicorn answers
-# with its own text/html error page (not a problem: the app never sees these requests).
+# these itself, as problem details too (referral/ops/server_errors.py), quoting nothing back.
 FRAMING_CATALOG = [
     pytest.param(status, headers, id=name)
     for name, status, headers in [
@@ -923,5 +923,29 @@ def test_malformed_framing_never_reaches_the_app(
     answer = raw_request(live, "POST", "/v1/referrals", [auth, CT_JSON, *headers], b"{}")
     after = snapshot(world.engine)
     assert answer.status == status, answer.body
+    assert_gunicorn_problem(answer, status)
     assert changed_rows(before, after) == {}
     assert after.audit == before.audit  # the app never saw it: not even an audit row
+
+
+def assert_gunicorn_problem(answer: RawAnswer, status: int) -> None:
+    assert answer.content_type == "application/problem+json", answer.body
+    problem = json.loads(answer.body)
+    assert problem["status"] == status and problem["type"] == "about:blank", problem
+    assert problem["title"] and problem["detail"], problem
+
+
+def test_an_unparsable_request_line_is_a_problem_that_quotes_nothing(live: Served) -> None:
+    port = int(live.base.rsplit(":", 1)[1])
+    address = b"742%20Evergreen%20Terrace"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /v1/locations/nearest?address=" + address + b" HTTP/1.1 x\r\n"
+                     b"Host: 127.0.0.1\r\n\r\n")  # fmt: skip
+        sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock, method="GET")
+        response.begin()
+        answer = RawAnswer(response.status, response.getheader("Content-Type", ""), response.read())
+    assert answer.status == 400, answer.body
+    assert_gunicorn_problem(answer, 400)
+    assert b"Evergreen" not in answer.body
+    assert "Evergreen" not in live.output()

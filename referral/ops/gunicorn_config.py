@@ -87,6 +87,13 @@ def _plan_listening(server: _Any) -> None:
         )
 
 
+def post_fork(server: _Any, worker: _Any) -> None:
+    # gunicorn's own error answers (unparsable requests) as problem+json, not its HTML page.
+    from referral.ops.server_errors import install
+
+    install()
+
+
 def post_worker_init(worker: _Any) -> None:
     """Build this worker's nearest-search index before it takes requests, so no visitor's
     query waits for the first build (docs/nearest.md)."""
