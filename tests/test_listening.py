@@ -7,9 +7,11 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -169,3 +171,37 @@ def test_a_server_never_shares_a_port_that_is_taken(sqlite_url, tmp_path):
         assert _listening_sockets(port) == 1  # ours alone: no worker joined it
     assert result.returncode != 0
     assert f"127.0.0.1:{port} is already in use" in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc/net/tcp and SO_REUSEPORT balancing are Linux's")
+def test_workers_started_by_a_reload_listen_as_the_first_ones(sqlite_url, tmp_path):
+    # A HUP re-reads gunicorn's config (reuse_port back to its default) but keeps the master's
+    # sockets: without on_reload the new workers would have no socket to listen on.
+    server = serve(
+        sqlite_url, tmp_path, workers=2, env={"REFERRAL_REUSE_PORT": "true"}, ready_path="/healthz"
+    )
+    with server as served:
+        port = int(served.base.rsplit(":", 1)[1])
+        first = _worker_pids(served.process.pid)
+        served.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = _worker_pids(served.process.pid)
+            if len(now) == 2 and not now & first and _listening_sockets(port) == 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(served.explain(f"no two new workers listening: {now} (first {first})"))
+        _burst(served.base, connections=16, requests_each=2)
+        output = served.output()
+    served_by = {
+        e["pid"]
+        for e in log_lines(output)
+        if e["logger"] == "gunicorn.access" and e.get("path") == "/healthz"
+    }
+    assert now <= served_by, served.explain("")
+
+
+def _worker_pids(master: int) -> set[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return {int(pid) for pid in children}

@@ -78,6 +78,9 @@ def _plan_listening(server: _Any) -> None:
     if plan.reuse_port:
         refuse_if_taken(server.cfg.address)  # RuntimeError: gunicorn says "Error: ..." and exits
     server.cfg.set("reuse_port", plan.reuse_port)
+    # Kept for reloads: a HUP re-reads this config (reuse_port back to gunicorn's default)
+    # but keeps the sockets, so new workers must listen the way the first ones did.
+    server.referral_reuse_port = plan.reuse_port
     how = "one socket per worker (SO_REUSEPORT)" if plan.reuse_port else "one shared socket"
     server.log.info("listening: %s: %s", how, plan.why)
     if plan.reuse_port and not kernel_migrates_queued_connections():
@@ -85,6 +88,10 @@ def _plan_listening(server: _Any) -> None:
             "net.ipv4.tcp_migrate_req is not 1: connections queued for a stopping worker "
             "will be reset"
         )
+
+
+def on_reload(server: _Any) -> None:
+    server.cfg.set("reuse_port", getattr(server, "referral_reuse_port", False))
 
 
 def post_fork(server: _Any, worker: _Any) -> None:
