@@ -14,7 +14,7 @@ import http
 import json
 import socket
 
-PROBLEM_JSON = "application/problem+json"
+from referral.web.problems import PROBLEM_JSON
 
 # What went wrong, per status gunicorn sends, in words that quote nothing from the request.
 DETAILS = {
