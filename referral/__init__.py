@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, request
 
-from referral.config import default_settings
+from referral.config import check_settings, default_settings
 
 
 class ReferralFlask(Flask):
@@ -33,6 +33,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env(prefix="REFERRAL")
     if config:
         app.config.from_mapping(config)
+    check_settings(app.config)
     os.makedirs(app.instance_path, exist_ok=True)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep schema order: origin first
 

@@ -59,6 +59,15 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "GEOCODE_CACHE_SECRET": None,
         # Nearest search: the largest radius (or referral max_distance) accepted.
         "NEAREST_MAX_RADIUS_KM": 5000.0,
+        # Referral matching (docs/matching.md). The reach when the app gives no max_distance,
+        # by urgency: about 50, 40 and 25 miles (an hour's drive, less for urgent cases).
+        "MATCH_REACH_ROUTINE_KM": 80.0,
+        "MATCH_REACH_SOON_KM": 65.0,
+        "MATCH_REACH_URGENT_KM": 40.0,
+        # A possible match (a needed specialty not on record) ranks as if it were this much,
+        # and this many times, farther: a confirmed match wins unless it is farther than both.
+        "MATCH_CONFIRMED_DETOUR_KM": 16.0,
+        "MATCH_CONFIRMED_DETOUR_RATIO": 1.5,
         # How often a worker checks whether the directory changed (its nearest index is then
         # rebuilt); a worker's own edits are seen at once. See docs/nearest.md.
         "NEAREST_INDEX_CHECK_SECONDS": 1.0,
@@ -114,6 +123,29 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         # Swagger UI assets come from the swagger-ui-bundle package, served by us: no CDN.
         "OPENAPI_SWAGGER_UI_URL": "/docs/assets/",
     }
+
+
+def _number(config: Mapping[str, Any], name: str) -> float:
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ValueError(f"{ENV_PREFIX}{name} must be a number: {value!r}")
+    return float(value)
+
+
+def check_settings(config: Mapping[str, Any]) -> None:
+    """Refuse, naming the variable, settings that would make answers wrong rather than slow."""
+    largest = _number(config, "NEAREST_MAX_RADIUS_KM")
+    for urgency in ("ROUTINE", "SOON", "URGENT"):
+        name = f"MATCH_REACH_{urgency}_KM"
+        if not 0 < _number(config, name) <= largest:
+            raise ValueError(
+                f"{ENV_PREFIX}{name} must be above 0 and at most "
+                f"{ENV_PREFIX}NEAREST_MAX_RADIUS_KM ({largest:g}): {config[name]!r}"
+            )
+    if _number(config, "MATCH_CONFIRMED_DETOUR_KM") < 0:
+        raise ValueError(f"{ENV_PREFIX}MATCH_CONFIRMED_DETOUR_KM must be 0 or more")
+    if _number(config, "MATCH_CONFIRMED_DETOUR_RATIO") < 1:
+        raise ValueError(f"{ENV_PREFIX}MATCH_CONFIRMED_DETOUR_RATIO must be 1 or more")
 
 
 def _env_value(raw: str) -> Any:

@@ -49,6 +49,10 @@ BEYOND_UTC = (
     r"out of range: no UTC time matches it",
 )
 
+# A specialty is on record as offered or as not offered, not both (the spec has no way to say
+# two lists are disjoint).
+BOTH_WAYS = ("specialties_not_offered", r"also listed as offered: .*")
+
 # "METHOD /path" -> [(invalid_params name, reason)], regular expressions matched in full.
 REFUSALS: dict[str, list[tuple[re.Pattern[str], re.Pattern[str]]]] = {
     "GET /v1/clinics": _rules(BEYOND_UTC),
@@ -56,8 +60,8 @@ REFUSALS: dict[str, list[tuple[re.Pattern[str], re.Pattern[str]]]] = {
     "GET /v1/referrals/stats": _rules(BEYOND_UTC),
     "GET /v1/referrals/export.csv": _rules(BEYOND_UTC),
     "GET /v1/admin/audit": _rules(BEYOND_UTC),
-    "POST /v1/clinics": _rules(PHONE),
-    "PATCH /v1/clinics/{clinic_id}": _rules(PHONE),
+    "POST /v1/clinics": _rules(PHONE, BOTH_WAYS),
+    "PATCH /v1/clinics/{clinic_id}": _rules(PHONE, BOTH_WAYS),
     "POST /v1/clinics/{clinic_id}/locations": _rules(PLACE, HOURS),
     "PATCH /v1/clinics/{clinic_id}/locations/{location_id}": _rules(PLACE, HOURS),
     "GET /v1/locations/nearest": _rules(
@@ -68,7 +72,7 @@ REFUSALS: dict[str, list[tuple[re.Pattern[str], re.Pattern[str]]]] = {
     ),
     "POST /v1/referrals": _rules(
         (rf"origin\.{PLACE[0]}", PLACE[1]),
-        ("max_distance", r"at most .* km .*|no active clinic within reach.*"),
+        ("max_distance", r"at most .* km .*"),
         ("preferred_clinic_id", r"no active clinic with id \d+"),
         # The assessment is a small free-form summary without identifying data: key names
         # and sizes OpenAPI 3.0 cannot constrain (no propertyNames), e-mail-like values.
@@ -81,11 +85,19 @@ REFUSALS: dict[str, list[tuple[re.Pattern[str], re.Pattern[str]]]] = {
         # An Idempotency-Key names one request: the same key with another body is refused.
         ("Idempotency-Key", r"already used with a different body"),
     ),
+    # A person routes a referral to a location that exists, is active and is placed.
+    "POST /v1/referrals/{referral_id}/assignment": _rules(
+        ("location_id", r"no active location with id \d+|location \d+ has no coordinates"),
+    ),
     # A row obeys the edit endpoints' rules, and rows of one clinic must agree.
     "POST /v1/admin/imports": _rules(
         (rf"rows\[\d+\]\.{PHONE[0]}", PHONE[1]),
         (r"rows\[\d+\]\.address", r"could not be geocoded offline.*|the same location as row \d+"),
-        (r"rows\[\d+\]\.(clinic_name|website|specialties)", r"differs from row \d+ .*"),
+        (
+            r"rows\[\d+\]\.(clinic_name|website|specialties|specialties_not_offered)",
+            r"differs from row \d+ .*",
+        ),
+        (rf"rows\[\d+\]\.{BOTH_WAYS[0]}", BOTH_WAYS[1]),
         (r"rows\[\d+\]\.(lat|lon)", r"lat and lon go together"),
     ),
 }

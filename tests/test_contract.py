@@ -110,7 +110,7 @@ def test_the_service_keeps_its_contract(database_url: str, tmp_path: Path) -> No
     (tmp_path / "schemathesis.txt").write_text(summary, encoding="utf-8")
     assert run.returncode == 0, f"{summary}\n--- server log (tail) ---\n{server_tail}"
     # Every operation, every phase: nothing was left out.
-    assert "23 selected / 23 total" in output, output
+    assert "24 selected / 24 total" in output, output
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert f"✅ {phase}" in output, output
     print(f"\n{summary}\nschemathesis ran {seconds:.0f}s")

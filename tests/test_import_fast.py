@@ -101,12 +101,12 @@ def test_fast_path_takes_everyday_cells(column: str, raw: str, value: Any) -> No
     assert reference(column, raw) == (value, None)
 
 
-@pytest.mark.parametrize("column", [*FAST_COLUMNS, "state", "specialties"])
+@pytest.mark.parametrize("column", [*FAST_COLUMNS, "state", *imports.SPECIALTY_COLUMNS])
 @pytest.mark.parametrize("raw", ODD)
 def test_validator_answers_as_the_reference(column: str, raw: str) -> None:
     """Values and error messages alike, whichever path a cell takes."""
     validator = imports._Validator(KNOWN_SPECIALTIES)
-    if column == "specialties":
+    if column in imports.SPECIALTY_COLUMNS:
         expected = reference(column, tuple(code for code in [raw.strip()] if code))
     else:
         expected = reference(column, raw)
@@ -217,6 +217,7 @@ def test_read_csv_reads_cells_as_the_reference(header: list[str], data: st.DataO
     assert [(row.row, row.values) for row in parsed.rows] == reference_csv_rows(text)
 
 
+@pytest.mark.parametrize("column", imports.SPECIALTY_COLUMNS)
 @pytest.mark.parametrize(
     "codes",
     [
@@ -232,18 +233,40 @@ def test_read_csv_reads_cells_as_the_reference(header: list[str], data: st.DataO
         ("spine\x00",),
     ],
 )
-def test_specialties_answer_as_the_reference(codes: tuple[str, ...]) -> None:
+def test_specialties_answer_as_the_reference(column: str, codes: tuple[str, ...]) -> None:
     # (read_json has refused lists with other items than text already.)
     validator = imports._Validator(KNOWN_SPECIALTIES | {"x" * 40, "x" * 41})
-    expected = validator._reference("specialties", codes)
-    assert validator._check("specialties", codes) == expected
-    assert validator._check("specialties", ";".join(codes)) == expected
+    expected = validator._reference(column, codes)
+    assert validator._check(column, codes) == expected
+    assert validator._check(column, ";".join(codes)) == expected
 
 
-def test_specialties_fast_path_takes_known_codes() -> None:
-    assert imports._FAST_CODES is not None
-    assert imports._FAST_CODES(("spine", "sports")) == ["spine", "sports"]
-    assert imports._FAST_CODES(("spine",) * 21) is UNSURE
+@pytest.mark.parametrize("column", imports.SPECIALTY_COLUMNS)
+def test_specialties_fast_path_takes_known_codes(column: str) -> None:
+    fast = imports._FAST_LISTS[column]
+    assert fast is not None
+    assert fast(("spine", "sports")) == ["spine", "sports"]
+    assert fast(("spine",) * 21) is UNSURE
+
+
+def test_both_specialty_columns_are_the_admin_apis_fields() -> None:
+    """The not-offered column is checked with the edit endpoints' own field, and answers as
+    the offered column does (its own field's messages; unknown codes named alike)."""
+    from referral.admin.schemas import ClinicCreateSchema
+
+    fields = ClinicCreateSchema().fields
+    for column in imports.SPECIALTY_COLUMNS:
+        assert type(imports._SCHEMA_FIELDS[column]) is type(fields[column])
+        assert repr(imports._SCHEMA_FIELDS[column].validators) == repr(fields[column].validators)
+    validator = imports._Validator(KNOWN_SPECIALTIES)
+    for raw in ["spine;nope;nope", "spine;" * 21, "x" * 41, "spine;sports"]:
+        assert validator.check("specialties_not_offered", raw) == validator.check(
+            "specialties", raw
+        )
+    assert validator.check("specialties_not_offered", "spine;nope") == (
+        None,
+        "unknown code(s): nope",
+    )
 
 
 JSON_VALUES = st.recursive(
@@ -278,6 +301,7 @@ EVERYDAY = {
     "lat": ["44.9", "-90", "0"],
     "lon": ["-93.2", "180", "12"],
     "specialties": ["orthopedic", "spine; sports", "; ;"],
+    "specialties_not_offered": ["sports", "orthopedic;spine", " ; "],
 }
 
 
@@ -301,7 +325,7 @@ def test_a_column_answers_as_its_cells(data: st.DataObject, column: str) -> None
     cell = st.sampled_from(EVERYDAY[column])
     if data.draw(st.booleans()):  # most columns are everyday cells; some have odd ones
         cell = cell | st.sampled_from(ODD) | st.none() | st.text(max_size=12)
-    if column == "specialties":
+    if column in imports.SPECIALTY_COLUMNS:
         cell = cell | st.lists(st.sampled_from([*KNOWN_SPECIALTIES, "x", " ", "a\x00"]))
     raws = data.draw(st.lists(cell, max_size=12))
     validator = imports._Validator(KNOWN_SPECIALTIES)

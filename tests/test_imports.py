@@ -384,7 +384,11 @@ def test_csv_export_reimports_as_all_unchanged(app, client, editor):
     # Cells a spreadsheet would run are defused on the way out and restored on the way in.
     tricky = {**LAKESIDE, "clinic_name": "=HYPERLINK(\"http://evil.example\")", "lat": "44.95",
               "lon": "-93.29"}  # fmt: skip
-    post_csv(client, to_csv([tricky, ALAMO]), editor["admin"])
+    # Specialties on record as not offered too, with offered ones and without.
+    alamo = {**ALAMO, "specialties_not_offered": "pediatrics;hand"}
+    lacking = {**ALAMO, "clinic_name": "Alamo Walk-In", "phone": "+1 210 555 0189",
+               "specialties": "", "specialties_not_offered": "running"}  # fmt: skip
+    post_csv(client, to_csv([tricky, alamo, lacking]), editor["admin"])
     response = client.get("/v1/clinics.csv")
     assert response.status_code == 200
     assert response.mimetype == "text/csv"
@@ -398,6 +402,12 @@ def test_csv_export_reimports_as_all_unchanged(app, client, editor):
     assert evil["clinic_name"].startswith("'=")
     assert evil["lon"] == "-93.29"  # a plain number is not a formula
     assert evil["phone"] == "+16125550147"
+    assert (evil["specialties"], evil["specialties_not_offered"]) == ("running;spine", "")
+    said = {
+        row["clinic_name"]: (row["specialties"], row["specialties_not_offered"]) for row in rows
+    }
+    assert said["Alamo Spine & Sport"] == ("spine", "hand;pediatrics")
+    assert said["Alamo Walk-In"] == ("", "running")
     # One row per active location of a named, active clinic.
     with Session(get_database(app).engine) as session:
         expected = session.execute(

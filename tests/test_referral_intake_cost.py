@@ -40,6 +40,8 @@ BODIES: list[dict[str, Any]] = [
         "max_distance": 30,
     },
     {"origin": {"zip": "55413"}, "concerns": ["low_back_pain", "running_injury", "low_back_pain"]},
+    # Nothing within reach: no match, the options beyond reach, waiting for routing.
+    {"origin": {"zip": "99501"}, "concerns": ["knee_pain"], "urgency": "soon"},
 ]
 
 

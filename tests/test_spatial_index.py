@@ -1,5 +1,6 @@
 """The nearest index against brute force: random directories (clusters, duplicates, the
-antimeridian, the poles, sparse specialties, unknown facts), every filter, ties by id; the
+antimeridian, the poles, sparse specialties, specialties on record as not offered, unknown
+facts, clinics without a phone), every filter and allowed unknown, ties by id; the
 sphere-to-ellipsoid bound it relies on; compiled opening hours against hours.is_open."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from referral.directory.facts import NO_FACTS, FactFilter
+from referral.directory.facts import NO_FACTS, SPECIALTY, FactFilter
 from referral.directory.hours import is_open
 from referral.directory.spatial_index import (
     MAX_KM_PER_RADIAN,
@@ -52,6 +53,8 @@ class Rec:
     lat: float
     lon: float
     specialties: frozenset[str]
+    lacking: frozenset[str] = frozenset()  # on record as not offered
+    has_phone: bool = True
     accepting_new_patients: bool | None = None
     telehealth: bool | None = None
     languages: list[str] | None = None
@@ -80,19 +83,24 @@ def brute_force(
     def ranked(radius: float | None, count: int, excluded: dict[str, int]) -> list[Any]:
         found = []
         for rec in recs:
-            if not specialties <= rec.specialties:
+            if specialties & rec.lacking:
+                continue
+            if facts.contactable is not None and rec.has_phone != facts.contactable:
                 continue
             km = distances[rec.id]
             if radius is not None and km > radius:
                 continue
+            unknown = [] if specialties <= rec.specialties else [SPECIALTY]
             if facts.active:
-                unknown = facts.unknowns(rec)  # type: ignore[arg-type]
-                if unknown is None:
+                known = facts.unknowns(rec)  # type: ignore[arg-type]
+                if known is None:
                     continue
-                if unknown:
-                    for name in unknown:
-                        excluded[name] = excluded.get(name, 0) + 1
-                    continue
+                unknown += known
+            blocked = [name for name in unknown if name not in facts.allow_unknown]
+            if blocked:
+                for name in blocked:
+                    excluded[name] = excluded.get(name, 0) + 1
+                continue
             found.append((km, rec.id))
         return sorted(found)[:count]
 
@@ -133,9 +141,10 @@ def build(recs: list[Rec], revision: int = 1) -> DirectoryIndex:
     for rec in recs:
         builder.add(
             rec.id,
-            builder.spec_set(rec.specialties),
+            builder.spec_set(rec.specialties, rec.lacking),
             rec.lat,
             rec.lon,
+            has_phone=rec.has_phone,
             accepting_new_patients=rec.accepting_new_patients,
             telehealth=rec.telehealth,
             languages=rec.languages,
@@ -184,6 +193,8 @@ def random_directory(seed: int, size: int, kind: str, *, facts: bool = True) -> 
         codes = {code for code, share in shares.items() if rng.random() < share}
         if n in rare:
             codes.add("rare")
+        # Most clinics say nothing of most specialties; some say they lack one.
+        lacking = {code for code in CODES if code not in codes and rng.random() < 0.15}
         extra: dict[str, Any] = {}
         if facts:
             extra = {
@@ -196,7 +207,10 @@ def random_directory(seed: int, size: int, kind: str, *, facts: bool = True) -> 
                 ),
                 "time_zone": rng.choice(ZONES),
             }
-        recs.append(Rec(location_id, lat, lon, frozenset(codes), **extra))
+        recs.append(
+            Rec(location_id, lat, lon, frozenset(codes), frozenset(lacking),
+                has_phone=rng.random() < 0.8, **extra)
+        )  # fmt: skip
     return recs
 
 
@@ -217,6 +231,10 @@ queries = st.fixed_dictionaries(
             accepting_new_patients=st.one_of(st.none(), st.booleans()),
             telehealth=st.one_of(st.none(), st.booleans()),
             language=st.one_of(st.none(), st.sampled_from(["en", "es", "vi", "fr"])),
+            contactable=st.one_of(st.none(), st.booleans()),
+            allow_unknown=st.frozensets(
+                st.sampled_from([SPECIALTY, "accepting_new_patients", "open_now", "language"])
+            ),
         ),
     }
 )  # fmt: skip
@@ -279,6 +297,23 @@ def test_thousands_of_locations_many_queries(kind):
                 FactFilter(open_at=CHRISTMAS_AFTERNOON, language="es"),
             ),
             (frozenset({"pelvic"}), 0.5, 5, FactFilter(accepting_new_patients=True)),
+            # Referral matching's searches: possible matches, not known to refuse, by phone.
+            (
+                frozenset({"spine", "sports"}),
+                800.0,
+                4,
+                FactFilter(
+                    accepting_new_patients=True,
+                    contactable=True,
+                    allow_unknown=frozenset({SPECIALTY, "accepting_new_patients"}),
+                ),
+            ),
+            (
+                frozenset({"rare"}),
+                None,
+                3,
+                FactFilter(contactable=False, allow_unknown=frozenset({SPECIALTY})),
+            ),
         ]:
             expected = brute_force(recs, distances, spec, radius, limit, facts)
             assert indexed(index, lat, lon, spec, radius, limit, facts) == expected

@@ -14,7 +14,7 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +297,7 @@ def test_embed_takes_a_query_and_a_specialty(api_base, visit):
     assert "Minneapolis, MN" in seen.status()
     for specialties in seen.finder.locator(".cf-results .cf-specialties").all_inner_texts():
         assert "Running" in specialties
+    assert seen.finder.locator(".cf-possible").count() == 0
 
 
 def test_use_my_location_with_a_granted_position(app, api_base, host_site, visit):
@@ -324,23 +325,78 @@ def test_a_refused_location_is_explained(api_base, host_site, visit):
     assert seen.names() == []
 
 
-def test_nothing_within_the_radius_shows_the_nearest_anyway(api_base, host_site, visit):
-    url = host_site.page(
-        "sports.html", api_base, script_attrs='data-specialty="sports" data-radius="10"'
+def test_specialty_not_on_record_is_marked_or_left_out_as_the_host_chooses(
+    app, api_base, host_site, visit
+):
+    # Two finders on one page: the default one, and one with data-include-possible="false".
+    # The seed knows only names, places and phones of the San Antonio clinics, so whether they
+    # offer sports is not on record: the default finder lists them as possible matches, the
+    # other leaves them out and falls back to the nearest clinic on record as offering it.
+    div = (
+        "<div data-clinic-finder></div>\n"
+        '<div data-clinic-finder data-include-possible="false"></div>'
     )
-    seen = visit(url)
-    seen.finder.get_by_label("ZIP code, city or address").fill(SAN_ANTONIO)
-    seen.finder.get_by_label("ZIP code, city or address").press("Enter")
-    status = seen.finder.locator(".cf-status").filter(has_text="The nearest is")
+    url = host_site.page(
+        "sports.html", api_base, div=div, script_attrs='data-specialty="sports" data-radius="10"'
+    )
+    seen = visit(url, viewport={"width": 1024, "height": 1400})
+    strict = replace(seen, finder=seen.page.locator("[data-clinic-finder]").nth(1))
+    for finder in (seen, strict):
+        finder.finder.get_by_label("ZIP code, city or address").fill(SAN_ANTONIO)
+        finder.finder.get_by_label("ZIP code, city or address").press("Enter")
+
+    # By default: the San Antonio clinics, each saying in words that sports is not on record.
+    seen.finder.locator(".cf-status").filter(has_text="may offer").wait_for()
+    assert seen.status() == (
+        "No clinic within 10 miles of San Antonio, TX 78201 is on record as offering Sports;"
+        " 3 there may offer it (not on record), nearest first."
+    )
+    with app.app_context():
+        centroid = get_geocoder().zip(SAN_ANTONIO)
+    assert centroid is not None
+    nearby = expected_order(app, centroid.lat, centroid.lon, radius_mi=10, limit=10)
+    assert len(nearby) == 3, "the seed has three clinics in San Antonio"
+    assert seen.names() == clinic_names_by_location(app, nearby)
+    marks = seen.finder.locator(".cf-results .cf-result .cf-possible")
+    assert marks.all_inner_texts() == ["Sports: specialty not on record"] * 3
+    # Set apart by more than colour: an outline around the words.
+    assert marks.first.evaluate("el => getComputedStyle(el).borderTopStyle") == "dashed"
+    asked = [request for request in seen.requests if "/v1/locations/nearest?" in request]
+    assert sum("include_possible=true" in request for request in asked) == 1
+
+    # data-include-possible="false": none of them; only the nearest clinic on record, far away.
+    status = strict.finder.locator(".cf-status").filter(has_text="The nearest is")
     status.wait_for()
     text = status.inner_text()
     assert text.startswith("No clinics for Sports within 10 miles of San Antonio, TX 78201.")
-    assert seen.names() == []
-    outside = seen.names("ol.cf-results-outside")
-    assert len(outside) == 1
-    distance = seen.finder.locator(".cf-results-outside .cf-distance").inner_text()
+    assert text.endswith(
+        "3 clinic locations within 10 miles not on record for Sports are not shown."
+    )
+    assert strict.names() == []
+    outside = strict.names("ol.cf-results-outside")
+    assert len(outside) == 1 and outside[0] not in seen.names()
+    distance = strict.finder.locator(".cf-results-outside .cf-distance").inner_text()
     assert distance.endswith(" mi") and number(distance) > 10
     assert distance in text
+    assert strict.finder.locator(".cf-possible").count() == 0
+    assert "Sports" in strict.finder.locator(".cf-results-outside .cf-specialties").inner_text()
+    assert sum("include_possible" in request for request in asked) == 1
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    seen.page.screenshot(path=str(ARTIFACTS / "widget-specialty-not-on-record.png"), full_page=True)
+
+    # A clinic on record as offering the specialty shows it, with no such mark.
+    where = seen.finder.get_by_label("ZIP code, city or address")
+    where.fill("55413")
+    seen.finder.get_by_label("Specialty").select_option("running")
+    where.press("Enter")
+    seen.finder.locator(".cf-status").filter(has_text="Minneapolis").wait_for()
+    assert seen.status().startswith("1 clinic for Running")
+    assert seen.status().endswith(" within 10 miles of Minneapolis, MN 55413, nearest first.")
+    assert seen.names() == ["PRO Therapy"]
+    assert "Running" in seen.finder.locator(".cf-results .cf-specialties").inner_text()
+    assert seen.finder.locator(".cf-possible").count() == 0
+    assert_only_these_origins(seen, api_base, host_site.base)
 
 
 def test_api_errors_read_in_plain_words(api_base, host_site, visit):
@@ -477,6 +533,14 @@ def test_embed_page_is_frameable_and_escapes_what_it_echoes(client):
     query = {"q": hostile, "specialty": "sports"}
     again = client.get("/embed", query_string=query, headers={"If-None-Match": etag})
     assert again.status_code == 304
+
+
+def test_embed_passes_include_possible_on(client):
+    query = {"zip": SAN_ANTONIO, "specialty": "sports", "include_possible": "false"}
+    html = client.get("/embed", query_string=query).get_data(as_text=True)
+    assert 'data-specialty="sports" data-include-possible="false"' in html
+    html = client.get("/embed", query_string={"zip": SAN_ANTONIO}).get_data(as_text=True)
+    assert "data-include-possible" not in html
 
 
 def test_embed_refuses_overlong_parameters(client):

@@ -131,17 +131,36 @@ class ImportResultSchema(ma.Schema):
     )
 
 
+# What a column means in an import, where it differs from the edit endpoints' field (an empty
+# cell keeps what is on record there, where an empty list replaces it).
+COLUMN_DESCRIPTIONS = {
+    "specialties": (
+        "every specialty the clinic offers: replaces what it is on record as offering; its "
+        "codes leave the not-offered list unless `specialties_not_offered` is given too. "
+        "Empty or null keeps the list on record"
+    ),
+    "specialties_not_offered": (
+        "every specialty the clinic is known not to offer: replaces that list; its codes "
+        "leave the offered list unless `specialties` is given too (a code in both is an "
+        "error). Empty or null keeps the list on record; a code in neither list is unknown, "
+        'which matching treats as possible, not as "no"'
+    ),
+}
+
+
 def _documented_column(column: str, field: ma.fields.Field[Any]) -> ma.fields.Field[Any]:
     """A row's column as the spec shows it: the field the importer checks it with, required
     or else nullable (null, like a blank cell, leaves the value unset)."""
     documented = copy.copy(field)
     documented.required = column in REQUIRED_COLUMNS
     documented.allow_none = column not in REQUIRED_COLUMNS
+    if column in COLUMN_DESCRIPTIONS:  # a new dict: the copy shares the field's own
+        documented.metadata = {**field.metadata, "description": COLUMN_DESCRIPTIONS[column]}
     return documented
 
 
 # One JSON row, with the rules of the edit endpoints (as in a CSV, blank text also reads as
-# null, and specialties as one ';'-separated string).
+# null, and either specialties column as one ';'-separated string).
 ImportRowSchema = ma.Schema.from_dict(
     {column: _documented_column(column, _SCHEMA_FIELDS[column]) for column in COLUMNS},
     name="ImportRow",
@@ -150,8 +169,12 @@ REQUEST_BODY = {
     "required": True,
     "description": (
         "One row per location of a clinic, with the columns "
-        f"`{', '.join(COLUMNS)}` (specialties `;`-separated): a CSV file or a JSON array of "
-        "objects, uploaded as the form field `file` or sent as the body."
+        f"`{', '.join(COLUMNS)}` (the specialty codes `;`-separated, or a JSON list): a CSV "
+        "file or a JSON array of objects, uploaded as the form field `file` or sent as the "
+        "body. `specialties` lists what a clinic offers and `specialties_not_offered` what it "
+        "is known not to offer; a code in neither is unknown. A code given in one of them "
+        "leaves the other's list on record unless the file gives that one too; a code in both "
+        "is an error. An empty cell or null never erases: it keeps what is on record."
     ),
     "content": {
         "multipart/form-data": {
@@ -204,7 +227,10 @@ class Imports(MethodView):
         every row error and the plan (created, updated or unchanged per row) and nothing is
         written; without it, any row error is a 422 naming `rows[N].field` and nothing is
         written. Rows without lat and lon are placed offline (ZIP, else city centroid);
-        given coordinates are precision `manual`. Every change goes into the audit log."""
+        given coordinates are precision `manual`. Specialties are offered
+        (`specialties`), known not offered (`specialties_not_offered`) or, in neither,
+        unknown, as in the edit endpoints; an empty cell keeps what is on record. Every
+        change goes into the audit log."""
         key: ApiKey = g.api_key
         data, filename, fmt = _read_body()
         session = get_session()

@@ -10,11 +10,20 @@ validated with the admin API's rules, matched against the directory loaded once,
 offline; nothing written) and ``apply_import`` (the plan written with bulk statements, the
 change log included; the caller commits, so the import is one transaction).
 
-An empty cell (or an absent column, or a JSON null) never erases: ``website`` and
-``specialties`` left empty keep the clinic's values (rows of one clinic may leave them to one
-row; rows that give them must agree), ``lat``/``lon`` left empty keep a location's stored
-coordinates, else the location is placed offline (ZIP centroid, else city centroid). ``phone``
-and the address columns are identity: empty there means none. Imports never (de)activate.
+An empty cell (or an absent column, or a JSON null) never erases: ``website``,
+``specialties`` and ``specialties_not_offered`` left empty keep the clinic's values (rows of
+one clinic may leave them to one row; rows that give them must agree), ``lat``/``lon`` left
+empty keep a location's stored coordinates, else the location is placed offline (ZIP
+centroid, else city centroid). ``phone`` and the address columns are identity: empty there
+means none. Imports never (de)activate.
+
+Specialties, as the admin API has them: ``specialties`` (codes ``;``-separated in CSV, a list
+or such a string in JSON) is every specialty the clinic is on record as offering and
+``specialties_not_offered`` every one it is on record as not offering; a code in neither is
+unknown, which is not "no". A clinic's codes given in one column leave the other column's
+stored set (the newer statement wins) unless that column is given too; a code given in both
+(in one row, or in two rows of one clinic) is an error. The links written say who said so
+(``source``: the importer and the file's name) and whether the clinic offers the specialty.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from referral.admin.models import AdminChange
 from referral.admin.schemas import ClinicCreateSchema, LocationCreateSchema
 from referral.admin.service import LOCATION_FIELDS, EditError, change_diff, normalize_phone
 from referral.auth.models import ApiKey
+from referral.directory.evidence import evidence_by_clinic
 from referral.directory.models import (
     Clinic,
     ClinicSpecialty,
@@ -63,8 +73,10 @@ from referral.timeutil import utcnow
 
 COLUMNS = (
     "clinic_name", "phone", "website", "address", "city", "state", "zip", "lat", "lon",
-    "specialties",
+    "specialties", "specialties_not_offered",
 )  # fmt: skip
+# The columns of specialty codes: offered, then on record as not offered.
+SPECIALTY_COLUMNS = ("specialties", "specialties_not_offered")
 REQUIRED_COLUMNS = ("clinic_name", "city", "state")
 SPECIALTY_SEPARATOR = ";"
 FORMATS = ("csv", "json")
@@ -283,7 +295,7 @@ def _json_value(key: str, raw: Any) -> Any:
         return raw.strip() or None
     if key in ("lat", "lon") and isinstance(raw, int | float) and not isinstance(raw, bool):
         return raw
-    if key == "specialties" and isinstance(raw, list):
+    if key in SPECIALTY_COLUMNS and isinstance(raw, list):
         if not all(isinstance(code, str) for code in raw):
             raise ValueError("must be a list of specialty codes")
         return raw
@@ -301,6 +313,7 @@ _SCHEMA_FIELDS: dict[str, ma.fields.Field[Any]] = {
     "phone": _CLINIC_SCHEMA_FIELDS["phone"],
     "website": _CLINIC_SCHEMA_FIELDS["website"],
     "specialties": _CLINIC_SCHEMA_FIELDS["specialties"],
+    "specialties_not_offered": _CLINIC_SCHEMA_FIELDS["specialties_not_offered"],
     "address": _LOCATION_SCHEMA_FIELDS["address_line1"],
     "city": _LOCATION_SCHEMA_FIELDS["city"],
     "state": _LOCATION_SCHEMA_FIELDS["state"],
@@ -313,7 +326,7 @@ for _column in ("lat", "lon"):
     _SCHEMA_FIELDS[_column] = copy.copy(_SCHEMA_FIELDS[_column])
     _SCHEMA_FIELDS[_column].strict = False  # type: ignore[attr-defined]
 # Columns whose values repeat across rows: their checks are cached per value.
-_CACHED = frozenset({"phone", "website", "specialties", "city", "state", "zip"})
+_CACHED = frozenset({"phone", "website", *SPECIALTY_COLUMNS, "city", "state", "zip"})
 
 
 @dataclass(slots=True)
@@ -327,6 +340,7 @@ class ImportRow:
     phone_original: str | None
     website: str | None
     specialties: tuple[str, ...] | None  # sorted; None when the row does not say
+    specialties_not_offered: tuple[str, ...] | None  # the same
     address: str | None
     city: str
     state: str
@@ -339,8 +353,10 @@ class ImportRow:
         """The columns the row gives a value in."""
         values = {
             "clinic_name": self.name, "phone": self.phone, "website": self.website,
-            "specialties": self.specialties, "address": self.address, "city": self.city,
-            "state": self.state, "zip": self.zip, "lat": self.lat, "lon": self.lon,
+            "specialties": self.specialties,
+            "specialties_not_offered": self.specialties_not_offered, "address": self.address,
+            "city": self.city, "state": self.state, "zip": self.zip, "lat": self.lat,
+            "lon": self.lon,
         }  # fmt: skip
         return frozenset(name for name, value in values.items() if value is not None)
 
@@ -401,7 +417,8 @@ _FAST_COLUMNS: dict[str, ColumnCheck] = {
 }
 if "phone" in _FAST_COLUMNS:
     _FAST_COLUMNS["phone"] = _phone_column(_FAST_COLUMNS["phone"])
-_FAST_CODES = compile_list(_SCHEMA_FIELDS["specialties"])  # then: every code known
+# Lists of codes, per column (then: every code known); None sends the column to the reference.
+_FAST_LISTS = {column: compile_list(_SCHEMA_FIELDS[column]) for column in SPECIALTY_COLUMNS}
 
 
 class _Validator:
@@ -423,11 +440,12 @@ class _Validator:
         return found
 
     def _check(self, column: str, raw: Any) -> tuple[Any, str | None]:
-        if column == "specialties":
+        if column in SPECIALTY_COLUMNS:
             codes = raw.split(SPECIALTY_SEPARATOR) if isinstance(raw, str) else raw
             codes = tuple(code.strip() for code in codes if code.strip())
-            if _FAST_CODES is not None:
-                value = _FAST_CODES(codes)
+            fast_codes = _FAST_LISTS[column]
+            if fast_codes is not None:
+                value = fast_codes(codes)
                 if value is not UNSURE and all(code in self.known_specialties for code in value):
                     return tuple(sorted(set(value))), None
             return self._reference(column, codes)
@@ -441,7 +459,7 @@ class _Validator:
 
     def _reference(self, column: str, raw: Any) -> tuple[Any, str | None]:
         """The check with the admin API's own fields (and normalize_phone)."""
-        if column == "specialties":
+        if column in SPECIALTY_COLUMNS:
             raw = list(raw or ())
         try:
             value = _SCHEMA_FIELDS[column].deserialize(raw)
@@ -452,7 +470,7 @@ class _Validator:
                 value = normalize_phone(value)
             except EditError as exc:
                 return None, exc.reason
-        if column == "specialties":
+        if column in SPECIALTY_COLUMNS:
             unknown = [code for code in dict.fromkeys(value) if code not in self.known_specialties]
             if unknown:
                 return None, f"unknown code(s): {', '.join(unknown)}"
@@ -461,7 +479,8 @@ class _Validator:
 
     def rows(self, sources: Sequence[SourceRow], errors: list[RowError]) -> list[ImportRow | None]:
         """Each row as an ImportRow, or None with its errors appended to ``errors`` (in row
-        order; a row's in column order, then the lat/lon pairing).
+        order; a row's in column order, then the lat/lon pairing, then a code both offered
+        and not).
 
         Column by column, not row by row: a column's repeated values are checked once, and
         the per-cell work is a few C-level list passes instead of ten Python iterations."""
@@ -484,10 +503,22 @@ class _Validator:
                 failed.setdefault(index, []).append(
                     RowError(sources[index].row, name, "lat and lon go together")
                 )
+        offered_column, lacking_column = columns[_OFFERED], columns[_NOT_OFFERED]
+        if lacking_column.count(None) != len(lacking_column):  # any row says "not offered"
+            for index, (offered, lacking) in enumerate(
+                zip(offered_column, lacking_column, strict=True)
+            ):
+                if offered is not None and lacking is not None:
+                    both = _both_ways(offered, lacking, "also listed as offered")
+                    if both is not None:
+                        failed.setdefault(index, []).append(
+                            RowError(sources[index].row, "specialties_not_offered", both)
+                        )
         rows: list[ImportRow | None] = []
+        cells = enumerate(zip(sources, *columns, strict=True))
         # In COLUMNS order.
         for index, (source, name, phone, website, address, city, state, zip_code, lat, lon,
-                    specialties) in enumerate(zip(sources, *columns, strict=True)):  # fmt: skip
+                    specialties, not_offered) in cells:  # fmt: skip
             if failed and index in failed:
                 errors.extend(failed[index])
                 rows.append(None)
@@ -500,6 +531,7 @@ class _Validator:
                     phone_original=source.values.get("phone"),
                     website=website,
                     specialties=specialties,
+                    specialties_not_offered=not_offered,
                     address=address,
                     city=city,
                     state=state,
@@ -575,6 +607,16 @@ class _Validator:
         return self._check(column, raw)
 
 
+_OFFERED = COLUMNS.index("specialties")
+_NOT_OFFERED = COLUMNS.index("specialties_not_offered")
+
+
+def _both_ways(codes: Sequence[str], others: Sequence[str], said: str) -> str | None:
+    """``f"{said}: X, Y"`` for the codes of ``codes`` also in ``others``, else None."""
+    both = sorted(set(codes).intersection(others))
+    return f"{said}: {', '.join(both)}" if both else None
+
+
 def _has_nul(raw: Any) -> bool:
     # PostgreSQL refuses NUL in text: an error in the row, never one from the database.
     if isinstance(raw, str):
@@ -600,13 +642,16 @@ class ClinicPlan:
     phone: str | None
     phone_original: str | None
     website: str | None
+    # Sorted. Until _settle_clinic: as given, else as stored; then as they will be stored.
     specialties: tuple[str, ...]
+    specialties_not_offered: tuple[str, ...]
     first_row: int
     active: bool = True
     version: int = 1
     before: dict[str, Any] | None = None  # the stored state, for an existing clinic
     website_row: int | None = None  # the row that set the website, for conflicts
     specialties_row: int | None = None
+    not_offered_row: int | None = None
     action: str = UNCHANGED
 
     def state(self) -> dict[str, Any]:
@@ -617,6 +662,7 @@ class ClinicPlan:
             "website": self.website,
             "active": self.active,
             "specialties": list(self.specialties),
+            "specialties_not_offered": list(self.specialties_not_offered),
         }
 
 
@@ -717,7 +763,8 @@ class _Directory:
 
     clinics: dict[tuple[str, str | None], Any]
     clinics_by_name: dict[str, list[Any]]
-    specialties: dict[int, tuple[str, ...]]
+    specialties: dict[int, tuple[str, ...]]  # sorted, offered
+    not_offered: dict[int, tuple[str, ...]]  # sorted, on record as not offered
     locations: dict[int, dict[tuple[str, str, str, str], _StoredLocation]]
     known_specialties: set[str]
 
@@ -739,11 +786,7 @@ def _load_directory(session: Session) -> _Directory:
         if key not in clinics or (clinic.active and not clinics[key].active):
             clinics[key] = clinic
         by_name.setdefault(key[0], []).append(clinic)
-    specialties: dict[int, list[str]] = {}
-    for clinic_id, code in session.execute(
-        select(col(ClinicSpecialty.clinic_id), col(ClinicSpecialty.specialty_code))
-    ):
-        specialties.setdefault(clinic_id, []).append(code)
+    specialties, not_offered = evidence_by_clinic(session)
     locations: dict[int, dict[tuple[str, str, str, str], _StoredLocation]] = {}
     columns = [col(getattr(Location, name)) for name in LOCATION_FIELDS]
     for row in session.execute(
@@ -761,6 +804,7 @@ def _load_directory(session: Session) -> _Directory:
         clinics=clinics,
         clinics_by_name=by_name,
         specialties={cid: tuple(sorted(codes)) for cid, codes in specialties.items()},
+        not_offered={cid: tuple(sorted(codes)) for cid, codes in not_offered.items()},
         locations=locations,
         known_specialties=set(session.execute(select(col(Specialty.code))).scalars()),
     )
@@ -859,6 +903,7 @@ def _clinic_plan(row: ImportRow, directory: _Directory) -> ClinicPlan:
     stored = directory.clinics.get(clinic_key(row.name, row.phone))
     website_given = row.website is not None  # "website" in row.given
     specialties_given = row.specialties is not None
+    not_offered_given = row.specialties_not_offered is not None
     if stored is None:
         return ClinicPlan(
             id=None,
@@ -867,12 +912,15 @@ def _clinic_plan(row: ImportRow, directory: _Directory) -> ClinicPlan:
             phone_original=row.phone_original if row.phone else None,
             website=row.website,
             specialties=row.specialties or (),
+            specialties_not_offered=row.specialties_not_offered or (),
             first_row=row.row,
             website_row=row.row if website_given else None,
             specialties_row=row.row if specialties_given else None,
+            not_offered_row=row.row if not_offered_given else None,
             action=CREATED,
         )
     stored_specialties = directory.specialties.get(stored.id, ())
+    stored_not_offered = directory.not_offered.get(stored.id, ())
     plan = ClinicPlan(
         id=stored.id,
         name=row.name,
@@ -880,11 +928,17 @@ def _clinic_plan(row: ImportRow, directory: _Directory) -> ClinicPlan:
         phone_original=stored.phone_original,
         website=row.website if website_given else stored.website,
         specialties=row.specialties if row.specialties is not None else stored_specialties,
+        specialties_not_offered=(
+            row.specialties_not_offered
+            if row.specialties_not_offered is not None
+            else stored_not_offered
+        ),
         first_row=row.row,
         active=stored.active,
         version=stored.version,
         website_row=row.row if website_given else None,
         specialties_row=row.row if specialties_given else None,
+        not_offered_row=row.row if not_offered_given else None,
     )
     plan.before = {
         "name": stored.name,
@@ -893,8 +947,19 @@ def _clinic_plan(row: ImportRow, directory: _Directory) -> ClinicPlan:
         "website": stored.website,
         "active": stored.active,
         "specialties": list(stored_specialties),
+        "specialties_not_offered": list(stored_not_offered),
     }
     return plan
+
+
+# Each specialty column, the plan's attribute naming the row that gave it, the other column,
+# and how a row contradicting the other column's earlier row is told.
+_SPECIALTY_SIDES = (
+    ("specialties", "specialties_row", "specialties_not_offered", "not_offered_row",
+     "also listed as not offered in row {}"),
+    ("specialties_not_offered", "not_offered_row", "specialties", "specialties_row",
+     "also listed as offered in row {}"),
+)  # fmt: skip
 
 
 def _agrees(clinic: ClinicPlan, row: ImportRow, errors: list[RowError]) -> bool:
@@ -911,16 +976,39 @@ def _agrees(clinic: ClinicPlan, row: ImportRow, errors: list[RowError]) -> bool:
         elif row.website != clinic.website:
             errors.append(RowError(row.row, "website", same.format(clinic.website_row)))
             ok = False
-    if row.specialties is not None:
-        if clinic.specialties_row is None:
-            clinic.specialties, clinic.specialties_row = row.specialties, row.row
-        elif row.specialties != clinic.specialties:
-            errors.append(RowError(row.row, "specialties", same.format(clinic.specialties_row)))
+    for column, first_row, other, other_row, clash in _SPECIALTY_SIDES:
+        value = getattr(row, column)
+        if value is None:
+            continue
+        first, other_first = getattr(clinic, first_row), getattr(clinic, other_row)
+        reason = None
+        if first is not None:
+            if value != getattr(clinic, column):
+                reason = same.format(first)
+        elif other_first is not None:
+            reason = _both_ways(value, getattr(clinic, other), clash.format(other_first))
+        if reason:
+            errors.append(RowError(row.row, column, reason))
             ok = False
+        elif first is None:
+            setattr(clinic, column, value)
+            setattr(clinic, first_row, row.row)
     return ok
 
 
 def _settle_clinic(clinic: ClinicPlan) -> None:
+    # The newer statement wins: codes given in one column leave the other's stored set,
+    # unless the file gives that one too (then the two never share a code: _agrees).
+    offered_given = clinic.specialties_row is not None
+    lacking_given = clinic.not_offered_row is not None
+    if offered_given and not lacking_given and clinic.specialties_not_offered:
+        offered = set(clinic.specialties)
+        clinic.specialties_not_offered = tuple(
+            code for code in clinic.specialties_not_offered if code not in offered
+        )
+    elif lacking_given and not offered_given and clinic.specialties:
+        lacking = set(clinic.specialties_not_offered)
+        clinic.specialties = tuple(code for code in clinic.specialties if code not in lacking)
     if clinic.before is None:
         clinic.action = CREATED
     else:
@@ -1259,7 +1347,7 @@ def _apply_import(
         changes.append(
             ("clinic", clinic.id, clinic.id, "update", change_diff(clinic.before, clinic.state()))
         )
-    _write_specialties(session, plan, actor)
+    _write_specialties(session, plan, actor, source)
 
     # Locations: new ones, then changed ones.
     new_locations = [location for location in plan.locations if location.action == CREATED]
@@ -1322,37 +1410,74 @@ def _apply_import(
     return len(changes)
 
 
-def _write_specialties(session: Session, plan: ImportPlan, actor: Actor) -> None:
+def _write_specialties(
+    session: Session, plan: ImportPlan, actor: Actor, source: str | None
+) -> None:
+    """The changed clinics' specialty links as planned: a code in neither set any more goes, a
+    new one comes, one that moved between offered and not offered is updated; each link
+    written says what was said and who said so (the admin API's reasons)."""
+    said_by = (f"import by {actor.name}: {source}" if source else f"import by {actor.name}")[:200]
+    reasons = {offered: _reason(actor, offered) for offered in (True, False)}
     removed: list[dict[str, Any]] = []
-    added: list[tuple[int, str]] = []
+    moved: list[dict[str, Any]] = []
+    added: list[tuple[int, str, bool, str]] = []
     for clinic in plan.clinics:
         if clinic.action == UNCHANGED:
             continue
         assert clinic.id is not None
-        if not clinic.before:  # a new clinic: all its codes (no sets to build)
-            added += [(clinic.id, code) for code in sorted(set(clinic.specialties))]
+        if not clinic.before:  # a new clinic: all its codes (no maps to build)
+            added += [
+                (clinic.id, code, offered, reasons[offered])
+                for offered, codes in ((True, clinic.specialties),
+                                       (False, clinic.specialties_not_offered))
+                for code in sorted(set(codes))
+            ]  # fmt: skip
             continue
-        before = set(clinic.before["specialties"])
-        after = set(clinic.specialties)
-        removed.extend({"b_clinic": clinic.id, "b_code": code} for code in sorted(before - after))
-        added.extend((clinic.id, code) for code in sorted(after - before))
+        before = dict.fromkeys(clinic.before["specialties"], True)
+        before.update(dict.fromkeys(clinic.before["specialties_not_offered"], False))
+        after = dict.fromkeys(clinic.specialties, True)
+        after.update(dict.fromkeys(clinic.specialties_not_offered, False))
+        if before == after:
+            continue  # the clinic changed otherwise
+        removed.extend(
+            {"b_clinic": clinic.id, "b_code": code} for code in sorted(before.keys() - after.keys())
+        )
+        for code, offered in sorted(after.items()):
+            was = before.get(code)
+            if was is None:
+                added.append((clinic.id, code, offered, reasons[offered]))
+            elif was != offered:
+                moved.append(
+                    {"b_clinic": clinic.id, "b_code": code, "b_offered": offered,
+                     "b_reason": reasons[offered]}
+                )  # fmt: skip
     table = _table(ClinicSpecialty)
+    link = (
+        table.c.clinic_id == bindparam("b_clinic"),
+        table.c.specialty_code == bindparam("b_code"),
+    )
     if removed:
+        session.execute(delete(table).where(*link), removed)
+    if moved:
         session.execute(
-            delete(table).where(
-                table.c.clinic_id == bindparam("b_clinic"),
-                table.c.specialty_code == bindparam("b_code"),
-            ),
-            removed,
+            update(table)
+            .where(*link)
+            .values(offered=bindparam("b_offered"), reason=bindparam("b_reason"), source=said_by),
+            moved,
         )
     _insert(
         session,
         table,
-        ("clinic_id", "specialty_code"),
+        ("clinic_id", "specialty_code", "offered", "reason"),
         added,
-        {"reason": f"set by {actor.name}"},
+        {"source": said_by},
         None,
     )
+
+
+def _reason(actor: Actor, offered: bool) -> str:
+    """A link's reason, as the admin API words it (service._said_by)."""
+    return f"set by {actor.name}: {'offered' if offered else 'not offered'}"[:500]
 
 
 __all__ = [

@@ -6,22 +6,24 @@ Active records only (an inactive one is out of every public answer already):
 - a location geocoded only to its city's centre, or with no coordinates at all;
 - several active clinics with one phone number (likely one organization): one item for them;
 - a clinic or location flagged ``needs_review`` (its ``review_reasons`` say why);
-- a clinic or location not updated for ``stale_days``.
+- a clinic or location not updated for ``stale_days``;
+- a clinic with no specialty on record, offered or not (matching treats each as possible);
+- items the caller adds (the edge adds referrals waiting for a person to route them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import marshmallow as ma
 from marshmallow import validate
 from sqlalchemy import func, or_, select
 from sqlmodel import Session, col
 
-from referral.directory.models import Clinic, GeocodePrecision, Location
+from referral.directory.models import Clinic, ClinicSpecialty, GeocodePrecision, Location
 from referral.timeutil import as_utc, utcnow
 from referral.web.fields import UtcDateTime
 
@@ -35,15 +37,22 @@ NO_COORDINATES = "no_coordinates"
 SHARED_PHONE = "shared_phone"
 FLAGGED = "flagged"
 STALE = "stale"
-CODES = (UNKNOWN_NAME, UNKNOWN_PHONE, COARSE_GEOCODE, NO_COORDINATES, SHARED_PHONE, FLAGGED, STALE)
+SPECIALTIES_UNKNOWN = "specialties_unknown"
+NEEDS_ROUTING = "needs_routing"
+CODES = (
+    UNKNOWN_NAME, UNKNOWN_PHONE, COARSE_GEOCODE, NO_COORDINATES, SHARED_PHONE, FLAGGED, STALE,
+    SPECIALTIES_UNKNOWN, NEEDS_ROUTING,
+)  # fmt: skip
 
-KINDS = ("clinic", "location", "shared_phone")
+KINDS = ("referral", "clinic", "location", "shared_phone")
+# Referrals waiting for a person come first, the most urgent first.
+URGENCY_RANK = {"urgent": 0, "soon": 1, "routine": 2}
 
 
 @dataclass
 class ReviewItem:
     kind: str  # one of KINDS
-    clinic_id: int
+    clinic_id: int | None  # None for a referral
     name: str | None
     location_id: int | None = None
     reasons: list[str] = field(default_factory=list)
@@ -53,11 +62,49 @@ class ReviewItem:
     state: str | None = None
     updated_at: datetime | None = None
     clinics: list[dict[str, Any]] = field(default_factory=list)  # shared_phone: who shares
+    referral_id: str | None = None
+    urgency: str | None = None
 
     def add(self, code: str, reason: str) -> None:
         if code not in self.codes:
             self.codes.append(code)
         self.reasons.append(reason)
+
+
+class WaitingReferral(Protocol):
+    """A referral no clinic was matched to (the referrals domain's row; read, not imported)."""
+
+    id: str
+    urgency: str
+    created_at: datetime
+    reach_km: float | None
+    specialties_needed: list[dict[str, Any]]
+    alternatives: list[dict[str, Any]]
+
+
+def routing_items(referrals: Iterable[WaitingReferral]) -> list[ReviewItem]:
+    """One item per referral waiting for a person: what it needs and the nearest options."""
+    items = []
+    for referral in referrals:
+        needed = ", ".join(item["code"] for item in referral.specialties_needed) or "any"
+        reach = f"{referral.reach_km:.0f} km" if referral.reach_km is not None else "reach"
+        options = "; ".join(
+            f"{option.get('clinic_name') or 'unnamed clinic'} "
+            f"({option.get('city')}, {option.get('state')}) {option.get('distance_km')} km"
+            for option in referral.alternatives
+        )
+        item = ReviewItem(
+            "referral", None, None, referral_id=referral.id, urgency=referral.urgency,
+            updated_at=as_utc(referral.created_at),
+        )  # fmt: skip
+        item.add(
+            NEEDS_ROUTING,
+            f"{referral.urgency} referral needing {needed}: no clinic within {reach}; "
+            f"assign a location (POST /v1/referrals/{referral.id}/assignment); nearest "
+            f"options: {options or 'none'}",
+        )
+        items.append(item)
+    return items
 
 
 def _stale_reason(updated_at: datetime, stale_days: float) -> str:
@@ -70,16 +117,20 @@ def review_queue(
     stale_days: float = DEFAULT_STALE_DAYS,
     codes: Collection[str] = (),
     now: datetime | None = None,
+    extra: Collection[ReviewItem] = (),
 ) -> list[ReviewItem]:
-    """Every item, ordered by clinic (then the clinic, its locations, a shared phone);
-    ``codes`` keeps the items listed for any of them."""
+    """Every item (``extra`` included), referrals first (most urgent, then oldest), then by
+    clinic (the clinic, its locations, a shared phone); ``codes`` keeps the items listed for
+    any of them."""
     cutoff = (now or utcnow()) - timedelta(days=stale_days)
-    items: list[ReviewItem] = []
+    items: list[ReviewItem] = list(extra)
+    no_evidence = col(Clinic.id).not_in(select(col(ClinicSpecialty.clinic_id)))
 
     clinic_rows = session.execute(
         select(
             col(Clinic.id), col(Clinic.name), col(Clinic.phone), col(Clinic.needs_review),
             col(Clinic.review_reasons), col(Clinic.updated_at),
+            no_evidence.label("no_evidence"),
         )
         .where(col(Clinic.active).is_(True))
         .where(
@@ -88,6 +139,7 @@ def review_queue(
                 col(Clinic.phone).is_(None),
                 col(Clinic.needs_review).is_(True),
                 col(Clinic.updated_at) < cutoff,
+                no_evidence,
             )
         )
     ).all()  # fmt: skip
@@ -104,6 +156,11 @@ def review_queue(
                 item.add(FLAGGED, reason)
         if as_utc(row.updated_at) < cutoff:
             item.add(STALE, _stale_reason(row.updated_at, stale_days))
+        if row.no_evidence:
+            item.add(
+                SPECIALTIES_UNKNOWN,
+                "no specialty on record, offered or not: referrals treat each as possible",
+            )
         items.append(item)
 
     location_rows = session.execute(
@@ -171,8 +228,15 @@ def review_queue(
         wanted = set(codes)
         items = [item for item in items if wanted.intersection(item.codes)]
     order = {kind: position for position, kind in enumerate(KINDS)}
-    items.sort(key=lambda item: (item.clinic_id, order[item.kind], item.location_id or 0))
+    items.sort(key=lambda item: _order(item, order))
     return items
+
+
+def _order(item: ReviewItem, kinds: dict[str, int]) -> tuple[Any, ...]:
+    if item.kind == "referral":
+        created = item.updated_at.isoformat() if item.updated_at else ""
+        return (0, URGENCY_RANK.get(item.urgency or "", 3), created, item.referral_id or "")
+    return (1, item.clinic_id or 0, kinds[item.kind], item.location_id or 0, "")
 
 
 # ---- HTTP schemas -------------------------------------------------------------------------
@@ -195,10 +259,15 @@ class SharingClinicSchema(ma.Schema):
 
 
 class ReviewItemSchema(ma.Schema):
-    kind = ma.fields.String(metadata={"description": "clinic, location or shared_phone"})
+    kind = ma.fields.String(metadata={"description": "referral, clinic, location or shared_phone"})
     clinic_id = ma.fields.Integer(
-        metadata={"description": "for shared_phone, the first of the clinics"}
+        allow_none=True,
+        metadata={"description": "for shared_phone, the first of the clinics; null: a referral"},
     )
+    referral_id = ma.fields.String(
+        allow_none=True, metadata={"description": "a referral that needs routing"}
+    )
+    urgency = ma.fields.String(allow_none=True, metadata={"description": "the referral's"})
     location_id = ma.fields.Integer(allow_none=True)
     name = ma.fields.String(allow_none=True, metadata={"description": "the clinic's name"})
     reasons = ma.fields.List(ma.fields.String(), metadata={"description": "why it is listed"})
@@ -208,11 +277,21 @@ class ReviewItemSchema(ma.Schema):
     phone = ma.fields.String(allow_none=True)
     city = ma.fields.String(allow_none=True)
     state = ma.fields.String(allow_none=True)
-    updated_at = UtcDateTime(allow_none=True)
+    updated_at = UtcDateTime(
+        allow_none=True, metadata={"description": "a referral: when it was made"}
+    )
     clinics = ma.fields.List(
         ma.fields.Nested(SharingClinicSchema),
         metadata={"description": "shared_phone: the clinics sharing the number"},
     )
 
 
-__all__ = ["CODES", "ReviewItem", "ReviewItemSchema", "ReviewQueryArgsSchema", "review_queue"]
+__all__ = [
+    "CODES",
+    "ReviewItem",
+    "ReviewItemSchema",
+    "ReviewQueryArgsSchema",
+    "WaitingReferral",
+    "review_queue",
+    "routing_items",
+]

@@ -46,7 +46,19 @@ class ClinicCreateSchema(_Strict):
             Pattern(WEBSITE_PATTERN, error="not a website address (http:// or https://, a host)"),
         ],
     )
-    specialties = ma.fields.List(VocabularyCode("specialties"), validate=validate.Length(max=20))
+    specialties = ma.fields.List(
+        VocabularyCode("specialties"),
+        validate=validate.Length(max=20),
+        metadata={"description": "every specialty it offers (replaces the list on record)"},
+    )
+    specialties_not_offered = ma.fields.List(
+        VocabularyCode("specialties"),
+        validate=validate.Length(max=20),
+        metadata={
+            "description": "every specialty it is known not to offer (replaces that list); a "
+            "code in neither list is unknown, which matching treats as possible, not as no"
+        },
+    )
 
 
 class ClinicPatchSchema(ClinicCreateSchema):

@@ -38,7 +38,10 @@ def normalize_phone(raw: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-CLINIC_FIELDS = ("name", "phone", "phone_original", "website", "active", "specialties")
+CLINIC_FIELDS = (
+    "name", "phone", "phone_original", "website", "active", "specialties",
+    "specialties_not_offered",
+)  # fmt: skip
 FACT_FIELDS = (
     "opening_hours", "hours_exceptions", "accepting_new_patients", "telehealth", "languages",
 )  # fmt: skip
@@ -56,6 +59,7 @@ def _clinic_state(clinic: Clinic) -> dict[str, Any]:
         "website": clinic.website,
         "active": clinic.active,
         "specialties": sorted(clinic.specialty_codes),
+        "specialties_not_offered": sorted(clinic.not_offered_codes),
     }
 
 
@@ -105,23 +109,56 @@ def _resolve_review(reasons: Iterable[str], fixed: Iterable[str]) -> list[str]:
     return [reason for reason in reasons if not reason.startswith(answered)]
 
 
-def _set_specialties(session: Session, clinic: Clinic, codes: list[str], actor: ApiKey) -> None:
+def _known(session: Session, field: str, codes: list[str]) -> list[str]:
     try:
-        wanted = check_specialties(session, codes)
+        return check_specialties(session, codes)
     except UnknownSpecialtyError as exc:
-        raise EditError("specialties", f"unknown code(s): {', '.join(exc.codes)}") from exc
-    current = {link.specialty_code: link for link in clinic.specialty_links}
-    for code, link in current.items():
-        if code not in wanted:
+        raise EditError(field, f"unknown code(s): {', '.join(exc.codes)}") from exc
+
+
+def _set_specialties(session: Session, clinic: Clinic, data: dict[str, Any], actor: ApiKey) -> None:
+    """``specialties`` replaces what the clinic is on record as offering, and
+    ``specialties_not_offered`` what it is on record as not offering; a code moved from one
+    to the other by the newer statement leaves the first, a code in neither is unknown."""
+    current = set(clinic.specialty_codes)
+    offered = set(current)
+    lacking = set(clinic.not_offered_codes)
+    if "specialties" in data:
+        offered = set(_known(session, "specialties", data["specialties"]))
+        lacking -= offered
+    if "specialties_not_offered" in data:
+        said = set(_known(session, "specialties_not_offered", data["specialties_not_offered"]))
+        both = sorted(said & offered) if "specialties" in data else []
+        if both:
+            raise EditError("specialties_not_offered", f"also listed as offered: {', '.join(both)}")
+        lacking, offered = said, offered - said
+    if offered == current and lacking == set(clinic.not_offered_codes):
+        return
+    links = {link.specialty_code: link for link in clinic.specialty_links}
+    for code, link in links.items():
+        if code not in offered and code not in lacking:
             clinic.specialty_links.remove(link)
-    for code in wanted:
-        if code not in current:
-            assert clinic.id is not None
-            clinic.specialty_links.append(
-                ClinicSpecialty(
-                    clinic_id=clinic.id, specialty_code=code, reason=f"set by {actor.name}"
-                )
+        elif link.offered != (code in offered):
+            link.offered = code in offered
+            link.reason, link.source = _said_by(actor, link.offered)
+    assert clinic.id is not None
+    for code in sorted((offered | lacking) - links.keys()):
+        reason, source = _said_by(actor, code in offered)
+        clinic.specialty_links.append(
+            ClinicSpecialty(
+                clinic_id=clinic.id,
+                specialty_code=code,
+                offered=code in offered,
+                reason=reason,
+                source=source,
             )
+        )
+
+
+def _said_by(actor: ApiKey, offered: bool) -> tuple[str, str]:
+    """(reason, source) of a statement an admin made through the API."""
+    what = "offered" if offered else "not offered"
+    return f"set by {actor.name}: {what}", f"api key {actor.name}"
 
 
 def _apply_clinic(session: Session, clinic: Clinic, data: dict[str, Any], actor: ApiKey) -> None:
@@ -139,8 +176,8 @@ def _apply_clinic(session: Session, clinic: Clinic, data: dict[str, Any], actor:
         clinic.website = data["website"]
     if "active" in data:
         clinic.active = data["active"]
-    if "specialties" in data:
-        _set_specialties(session, clinic, data["specialties"], actor)
+    if "specialties" in data or "specialties_not_offered" in data:
+        _set_specialties(session, clinic, data, actor)
     clinic.review_reasons = _resolve_review(clinic.review_reasons, fixed)
     clinic.needs_review = bool(clinic.review_reasons)
 

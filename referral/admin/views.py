@@ -12,12 +12,14 @@ from referral.admin.review import (
     ReviewItemSchema,
     ReviewQueryArgsSchema,
     review_queue,
+    routing_items,
 )
 from referral.admin.schemas import AdminChangeSchema, AuditQueryArgsSchema
 from referral.admin.service import ChangeFilters, list_changes
 from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
 from referral.auth.models import SCOPE_ADMIN
 from referral.db import get_session
+from referral.referrals.log import needing_routing
 from referral.web.api import Blueprint, problems
 
 admin_blp = Blueprint(
@@ -60,13 +62,17 @@ class AdminReview(MethodView):
     def get(self, args: dict[str, Any], pagination_parameters: Any) -> Any:
         """The review queue: records a person should look at, each with its `reasons`.
 
-        Unknown names or phones, locations geocoded only to a city (or not at all), active
-        clinics sharing one phone (one item listing them), records flagged for review, and
-        records not updated for `REVIEW_STALE_DAYS` (default 365) days."""
+        Referrals no clinic was within reach of (status `needs_routing`, most urgent
+        first), unknown names or phones, locations geocoded only to a city (or not at all),
+        active clinics sharing one phone (one item listing them), records flagged for review,
+        clinics with no specialty on record either way, and records not updated for
+        `REVIEW_STALE_DAYS` (default 365) days."""
+        session = get_session()
         items = review_queue(
-            get_session(),
+            session,
             stale_days=float(current_app.config.get("REVIEW_STALE_DAYS", DEFAULT_STALE_DAYS)),
             codes=args.get("reason", []),
+            extra=routing_items(needing_routing(session)),
         )
         pagination_parameters.item_count = len(items)
         first = pagination_parameters.first_item

@@ -1,7 +1,9 @@
 """The active directory as files (public): ``GET /v1/clinics.csv`` and
 ``GET /v1/locations.geojson``, streamed row by row.
 
-The CSV has the import's columns, so an export imported again changes nothing. Clinics whose
+The CSV has the import's columns, so an export imported again changes nothing: a clinic's
+specialties are split as on record, offered (``specialties``) and known not offered
+(``specialties_not_offered``); a code in neither is unknown. Clinics whose
 name is unknown are left out of it (an import cannot name them; the review queue lists them);
 the GeoJSON has every active located location, named or not.
 """
@@ -23,6 +25,7 @@ from sqlmodel import Session, col
 
 from referral.admin.imports import COLUMNS, FORMULA_PREFIXES, SPECIALTY_SEPARATOR
 from referral.db import get_session
+from referral.directory.evidence import evidence_by_clinic
 from referral.directory.models import Clinic, ClinicSpecialty, Location
 from referral.web.api import Blueprint
 
@@ -43,17 +46,6 @@ def defuse(text: str) -> str:
     if text.startswith(FORMULA_PREFIXES) and not _PLAIN_NUMBER.fullmatch(text):
         return "'" + text
     return text
-
-
-def _specialties(session: Session) -> dict[int, list[str]]:
-    codes: dict[int, list[str]] = {}
-    for clinic_id, code in session.execute(
-        select(col(ClinicSpecialty.clinic_id), col(ClinicSpecialty.specialty_code)).order_by(
-            col(ClinicSpecialty.clinic_id), col(ClinicSpecialty.specialty_code)
-        )
-    ):
-        codes.setdefault(clinic_id, []).append(code)
-    return codes
 
 
 def _active_locations(*, named_only: bool, located_only: bool) -> Select[*tuple[Any, ...]]:
@@ -79,7 +71,9 @@ def _active_locations(*, named_only: bool, located_only: bool) -> Select[*tuple[
 
 def directory_fingerprint(session: Session) -> str:
     """Changes whenever a clinic, location or specialty link is added or changed (every
-    write bumps a row's version): a cheap ETag for the exports."""
+    write bumps a clinic's or location's version; links have none, so they count by kind,
+    and a link moving between offered and not offered moves the counts): a cheap ETag for the
+    exports."""
     parts: list[Any] = []
     for model in (Clinic, Location):
         parts.extend(
@@ -92,7 +86,13 @@ def directory_fingerprint(session: Session) -> str:
                 ).select_from(model)
             ).one()
         )
-    parts.append(session.execute(select(func.count()).select_from(ClinicSpecialty)).scalar())
+    parts.extend(
+        session.execute(
+            select(col(ClinicSpecialty.offered), func.count())
+            .group_by(col(ClinicSpecialty.offered))
+            .order_by(col(ClinicSpecialty.offered))
+        ).all()
+    )
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
@@ -116,7 +116,7 @@ def _cell(value: Any) -> str:
 
 def csv_lines(session: Session) -> Iterator[str]:
     """The export CSV, a few rows at a time."""
-    specialties = _specialties(session)
+    offered, lacking = evidence_by_clinic(session)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(COLUMNS)
@@ -128,7 +128,8 @@ def csv_lines(session: Session) -> Iterator[str]:
             for value in (
                 row.name, row.phone, row.website, row.address_line1, row.city, row.state,
                 row.zip, row.lat, row.lon,
-                SPECIALTY_SEPARATOR.join(specialties.get(row.clinic_id, [])),
+                SPECIALTY_SEPARATOR.join(offered.get(row.clinic_id, [])),
+                SPECIALTY_SEPARATOR.join(lacking.get(row.clinic_id, [])),
             )
         )  # fmt: skip
         if count % _STREAM_ROWS == 0:
@@ -140,7 +141,7 @@ def csv_lines(session: Session) -> Iterator[str]:
 
 def geojson_chunks(session: Session) -> Iterator[str]:
     """The export GeoJSON FeatureCollection, a feature at a time."""
-    specialties = _specialties(session)
+    offered, lacking = evidence_by_clinic(session)
     yield '{"type": "FeatureCollection", "features": ['
     separator = ""
     for row in session.execute(_active_locations(named_only=False, located_only=True)):
@@ -158,7 +159,8 @@ def geojson_chunks(session: Session) -> Iterator[str]:
                 "city": row.city,
                 "state": row.state,
                 "zip": row.zip,
-                "specialties": specialties.get(row.clinic_id, []),
+                "specialties": offered.get(row.clinic_id, []),
+                "specialties_not_offered": lacking.get(row.clinic_id, []),
                 "precision": row.geocode_precision,
             },
         }
@@ -172,7 +174,8 @@ GEOJSON_DOC = {
     "type": "object",
     "description": "A GeoJSON FeatureCollection of Points; each feature's properties: "
     "location_id, clinic_id, clinic_name, phone, website, address, city, state, zip, "
-    "specialties, precision",
+    "specialties (on record as offered), specialties_not_offered (on record as not offered; "
+    "a code in neither list is unknown), precision",
 }
 
 
@@ -196,7 +199,8 @@ class LocationsGeoJson(MethodView):
     @exports_blp.response(200, GEOJSON_DOC, content_type="application/geo+json")
     def get(self) -> Response:
         """Every active location with coordinates as a GeoJSON FeatureCollection (RFC 7946),
-        with its clinic's name, phone and specialties and the geocode precision."""
+        with its clinic's name, phone and specialties (offered, and known not offered) and the
+        geocode precision."""
         return _streamed(geojson_chunks(get_session()), "geojson", mimetype="application/geo+json")
 
 

@@ -1,8 +1,10 @@
 """Filters on location facts that may be unknown: open now, accepting new patients,
-telehealth, language. An unknown fact never matches, and is counted so answers can say so."""
+telehealth, language. An unknown fact never matches, unless the filter allows it, and is
+counted so answers can say so."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -35,6 +37,16 @@ class FactFilter:
     accepting_new_patients: bool | None = None
     telehealth: bool | None = None
     language: str | None = None
+    # Whether the clinic has a phone on record (referral matching ranks those first).
+    contactable: bool | None = None
+    # Names (a filter's, or SPECIALTY) whose "unknown" passes: the location is then a
+    # possible match rather than left out. Matching takes a clinic not known to refuse new
+    # patients, and not known to lack a specialty.
+    allow_unknown: frozenset[str] = frozenset()
+
+    def blocked(self, unknown: Iterable[str]) -> list[str]:
+        """Of the names a location is unknown for, those that leave it out."""
+        return [name for name in unknown if name not in self.allow_unknown]
 
     def unknowns(self, location: HasFacts) -> list[str] | None:
         """None when the location fails a known fact; else the filters it is unknown for
@@ -67,8 +79,16 @@ class FactFilter:
     def active(self) -> bool:
         return any(
             value is not None
-            for value in (self.open_at, self.accepting_new_patients, self.telehealth, self.language)
+            for value in (
+                self.open_at,
+                self.accepting_new_patients,
+                self.telehealth,
+                self.language,
+                self.contactable,
+            )
         )
 
 
+# The name under which an unknown specialty is counted and allowed, beside the facts'.
+SPECIALTY = "specialty"
 NO_FACTS = FactFilter()

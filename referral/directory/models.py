@@ -36,13 +36,18 @@ class Specialty(SpecialtyBase, table=True):
 
 
 class ClinicSpecialty(SQLModel, table=True):
-    """Links a clinic to a specialty, with the reason the source supports it."""
+    """What is on record about a clinic and one specialty: it offers it, or (``offered``
+    false) it is known not to, with the reason and who said so. No row: unknown, which is not
+    "no" (docs/matching.md)."""
 
     __tablename__ = "clinic_specialty"
 
     clinic_id: int = Field(foreign_key="clinic.id", primary_key=True, ondelete="CASCADE")
     specialty_code: str = Field(foreign_key="specialty.code", primary_key=True, max_length=40)
+    offered: bool = Field(default=True)
     reason: str = Field(max_length=500)
+    # Where the statement comes from: a source document, an admin's key, an import.
+    source: str | None = Field(default=None, max_length=200)
 
     clinic: "Clinic" = Relationship(back_populates="specialty_links")
 
@@ -89,7 +94,13 @@ class Clinic(ClinicBase, table=True):
 
     @property
     def specialty_codes(self) -> list[str]:
-        return [link.specialty_code for link in self.specialty_links]
+        """The specialties it is on record as offering."""
+        return [link.specialty_code for link in self.specialty_links if link.offered]
+
+    @property
+    def not_offered_codes(self) -> list[str]:
+        """The specialties it is on record as not offering."""
+        return [link.specialty_code for link in self.specialty_links if not link.offered]
 
 
 class LocationBase(SQLModel):

@@ -29,7 +29,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from referral.db import get_session
-from referral.directory.facts import NO_FACTS, FactFilter
+from referral.directory.evidence import specialty_fit
+from referral.directory.facts import NO_FACTS, SPECIALTY, FactFilter
 from referral.directory.models import Location
 from referral.directory.records import LocationRecord, read_locations
 from referral.directory.revision import local_generation, read_revision
@@ -46,6 +47,9 @@ class NearestHit:
     # find_nearest's hits hold records; callers ranking ORM rows of their own may use those.
     location: LocationRecord | Location
     distance_km: float
+    # What the hit is unknown for among what was asked (SPECIALTY, fact names): it passed
+    # because the search allowed those unknowns (FactFilter.allow_unknown).
+    unknown: tuple[str, ...] = ()
 
     @property
     def distance_mi(self) -> float:
@@ -70,16 +74,21 @@ def find_nearest(
     radius_km: float | None = None,
     limit: int = 5,
     facts: FactFilter = NO_FACTS,
+    explain: bool = True,
 ) -> NearestResult:
     """The ``limit`` active locations nearest to (lat, lon) by geodesic distance, of clinics
-    having every one of ``specialties``, within ``radius_km`` if given, passing ``facts``.
-    Ties go to the lower location id, so answers are stable."""
+    offering every one of ``specialties`` (or not known to lack any, when ``facts`` allows an
+    unknown SPECIALTY), within ``radius_km`` if given, passing ``facts``. Ties go to the lower
+    location id, so answers are stable. Without ``explain``, neither ``excluded_unknown`` nor
+    ``nearest_outside_radius`` is looked for (matching asks for neither)."""
     index = current_index(session)
     search = NearestSearch(
         index, lat, lon, specialties=specialties, radius_km=radius_km, facts=facts
     )
     hits = _verified(session, search, limit, specialties, facts)
     outside = None
+    if not explain:
+        return NearestResult(hits=hits, nearest_outside_radius=None)
     if not hits and radius_km is not None:
         anywhere = NearestSearch(
             index, lat, lon, specialties=specialties, facts=facts, judge=search.judge
@@ -101,7 +110,7 @@ def _verified(
     """The search's best, each checked against its row as it is now: a row that no longer
     matches (deactivated, lost a specialty, a fact changed) is dropped and the search goes on
     past it; one that moved gets its distance from where it is now."""
-    required = set(specialties)
+    required = tuple(dict.fromkeys(specialties))
     index = search.index
     checked: dict[int, NearestHit] = {}
     while True:
@@ -115,12 +124,13 @@ def _verified(
                 continue
             row = rows.get(location_id)
             hit = None
-            if row is not None and _still_matches(row, required, facts):
+            verdict = None if row is None else row_verdict(row, required, facts)
+            if row is not None and verdict is not None and not facts.blocked(verdict):
                 assert row.lat is not None and row.lon is not None
                 if (row.lat, row.lon) != (index.lat[point], index.lon[point]):
                     km = geodesic_km(search.lat, search.lon, row.lat, row.lon)
                 if search.radius_km is None or km <= search.radius_km:
-                    hit = NearestHit(row, km)
+                    hit = NearestHit(row, km, verdict)
             if hit is None:
                 search.drop(location_id)
             else:
@@ -130,13 +140,24 @@ def _verified(
     return hits
 
 
-def _still_matches(location: LocationRecord, required: set[str], facts: FactFilter) -> bool:
+def row_verdict(
+    location: LocationRecord | Location, required: Sequence[str], facts: FactFilter
+) -> tuple[str, ...] | None:
+    """The index's Judge.verdict for one row as it is now: None when it fails, else what it
+    is unknown for (SPECIALTY first, then the facts)."""
     clinic = location.clinic
     if not (location.active and clinic.active) or location.lat is None or location.lon is None:
-        return False
-    if not required <= set(clinic.specialty_codes):
-        return False
-    return not facts.active or facts.unknowns(location) == []
+        return None
+    fit = specialty_fit(clinic, required)
+    if fit.lacking:
+        return None
+    # A clinic fact, so not among FactFilter.unknowns' location facts.
+    if facts.contactable is not None and (clinic.phone is not None) != facts.contactable:
+        return None
+    unknown = facts.unknowns(location) if facts.active else []
+    if unknown is None:
+        return None
+    return ((SPECIALTY,) if fit.unknown else ()) + tuple(unknown)
 
 
 # ---- one index per database per worker -----------------------------------------------------
@@ -233,5 +254,6 @@ __all__ = [
     "NearestResult",
     "current_index",
     "find_nearest",
+    "row_verdict",
     "warm_index",
 ]

@@ -26,7 +26,8 @@ class ClinicRecord:
     phone: str | None
     website: str | None
     needs_review: bool
-    specialty_codes: tuple[str, ...]  # in code order, as Clinic.specialty_codes
+    specialty_codes: tuple[str, ...]  # offered, in code order, as Clinic.specialty_codes
+    not_offered_codes: tuple[str, ...]  # known not offered, as Clinic.not_offered_codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,11 @@ _ROWS = (
 )
 # Ordered by the database, as the ORM's Clinic.specialty_links are (collations differ).
 _SPECIALTIES = (
-    select(_CLINIC_SPECIALTY.c.clinic_id, _CLINIC_SPECIALTY.c.specialty_code)
+    select(
+        _CLINIC_SPECIALTY.c.clinic_id,
+        _CLINIC_SPECIALTY.c.specialty_code,
+        _CLINIC_SPECIALTY.c.offered,
+    )
     .where(_CLINIC_SPECIALTY.c.clinic_id.in_(bindparam("ids", expanding=True)))
     .order_by(_CLINIC_SPECIALTY.c.clinic_id, _CLINIC_SPECIALTY.c.specialty_code)
 )
@@ -100,8 +105,9 @@ def read_locations(connection: Connection, ids: Collection[int]) -> dict[int, Lo
     rows = connection.execute(_ROWS, {"ids": list(ids)}).all()
     clinic_ids = {row[len(_LOCATION_COLUMNS)] for row in rows}
     codes: dict[int, list[str]] = {clinic_id: [] for clinic_id in clinic_ids}
-    for clinic_id, code in connection.execute(_SPECIALTIES, {"ids": list(clinic_ids)}):
-        codes[clinic_id].append(code)
+    lacking: dict[int, list[str]] = {clinic_id: [] for clinic_id in clinic_ids}
+    for clinic_id, code, offered in connection.execute(_SPECIALTIES, {"ids": list(clinic_ids)}):
+        (codes if offered else lacking)[clinic_id].append(code)
     split = len(_LOCATION_COLUMNS)
     clinics: dict[int, ClinicRecord] = {}
     found: dict[int, LocationRecord] = {}
@@ -109,7 +115,9 @@ def read_locations(connection: Connection, ids: Collection[int]) -> dict[int, Lo
         clinic_id = row[split]
         clinic = clinics.get(clinic_id)
         if clinic is None:
-            clinic = clinics[clinic_id] = _new_clinic(*row[split:], tuple(codes[clinic_id]))
+            clinic = clinics[clinic_id] = _new_clinic(
+                *row[split:], tuple(codes[clinic_id]), tuple(lacking[clinic_id])
+            )
         found[row[0]] = _new_location(*row[:split], clinic)
     return found
 

@@ -102,13 +102,29 @@ class ClinicSummarySchema(ma.Schema):
     name = ma.fields.String(allow_none=True, metadata={"description": "null when unknown"})
     phone = ma.fields.String(allow_none=True, metadata={"description": "E.164; null when unknown"})
     website = ma.fields.String(allow_none=True)
-    specialties = ma.fields.List(ma.fields.String(), attribute="specialty_codes")
+    specialties = ma.fields.List(
+        ma.fields.String(),
+        attribute="specialty_codes",
+        metadata={"description": "on record as offered"},
+    )
+    specialties_not_offered = ma.fields.List(
+        ma.fields.String(),
+        attribute="not_offered_codes",
+        metadata={
+            "description": "on record as not offered; a code in neither list is unknown "
+            '(not on record either way), which is not "no"'
+        },
+    )
     needs_review = ma.fields.Boolean()
 
 
 class SpecialtyReasonSchema(ma.Schema):
     code = ma.fields.String(attribute="specialty_code")
+    offered = ma.fields.Boolean(metadata={"description": "false: on record as not offered"})
     reason = ma.fields.String()
+    source = ma.fields.String(
+        allow_none=True, metadata={"description": "who said so: a source document, a key"}
+    )
 
 
 class SourceSchema(ma.Schema):
@@ -149,6 +165,18 @@ class NearestHitSchema(ma.Schema):
     open_now = ma.fields.Boolean(
         allow_none=True, metadata={"description": "in the location's own time zone; null: unknown"}
     )
+    specialty_match = ma.fields.String(
+        allow_none=True,
+        metadata={
+            "enum": ["confirmed", "possible", None],
+            "description": "with `specialty`: confirmed (on record as offering them all) or "
+            "possible (some not on record; only with include_possible=true); null without",
+        },
+    )
+    specialties_unknown = ma.fields.List(
+        ma.fields.String(),
+        metadata={"description": "the asked-for specialties not on record for this clinic"},
+    )
     location = ma.fields.Nested(LocationSchema)
     clinic = ma.fields.Nested(ClinicSummarySchema)
 
@@ -175,8 +203,9 @@ class NearestResponseSchema(ma.Schema):
         keys=ma.fields.String(),
         values=ma.fields.Integer(),
         metadata={
-            "description": "per filter (open_now, accepting_new_patients, telehealth, "
-            "language), how many locations were left out because that fact is unknown"
+            "description": "per filter (specialty, open_now, accepting_new_patients, "
+            "telehealth, language), how many locations were left out because that is "
+            "unknown (specialty: not on record either way; see include_possible)"
         },
     )
 
@@ -229,6 +258,7 @@ def clinic_summary_json(clinic: ClinicRecord | Clinic) -> dict[str, Any]:
         "phone": clinic.phone,
         "website": clinic.website,
         "specialties": list(clinic.specialty_codes),
+        "specialties_not_offered": list(clinic.not_offered_codes),
         "needs_review": clinic.needs_review,
     }
 
@@ -257,6 +287,15 @@ class _QueryArgs(ma.Schema):
 LANGUAGE = Pattern(r"^[a-z]{2}$", error="an ISO 639-1 code such as en or es")
 
 
+INCLUDE_POSSIBLE = ma.fields.Boolean(
+    load_default=False,
+    metadata={
+        "description": "with `specialty`: also clinics whose record does not say whether "
+        "they offer it (never those on record as not offering it); they are marked possible"
+    },
+)
+
+
 class FactArgs(ma.Schema):
     """Filters on facts that may be unknown; unknowns are left out and counted."""
 
@@ -277,6 +316,7 @@ class ClinicQueryArgsSchema(_QueryArgs, FactArgs):
         validate=validate.Length(max=10),
         metadata={"description": "specialty code; repeat for several (all must match)"},
     )
+    include_possible = INCLUDE_POSSIBLE
     city = ma.fields.String(validate=validate.Length(min=1, max=100))
     state = StateCode()
     zip = ma.fields.String(
@@ -312,6 +352,7 @@ class NearestQueryArgsSchema(_QueryArgs, OriginFields, FactArgs):
         validate=validate.Length(max=10),
         metadata={"description": "specialty code; repeat for several (all must match)"},
     )
+    include_possible = INCLUDE_POSSIBLE
     radius = ma.fields.Float(
         allow_nan=False,
         validate=validate.Range(min=0, min_inclusive=False),

@@ -99,20 +99,28 @@ def _upsert_clinic(
         outcome = "created"
     else:
         outcome = "updated" if apply_changes(clinic, values) else "unchanged"
-    wanted = {s["code"]: s["reason"] for s in item.get("specialties") or []}
+    # What the source says of each specialty: offered (the default) or, explicitly, not.
+    wanted = {
+        s["code"]: {
+            "offered": bool(s.get("offered", True)),
+            "reason": s["reason"],
+            "source": item.get("source_file"),
+        }
+        for s in item.get("specialties") or []
+    }
     current = {link.specialty_code: link for link in clinic.specialty_links}
     for code, link in current.items():
         if code not in wanted:
             clinic.specialty_links.remove(link)
             outcome = outcome if outcome == "created" else "updated"
-    for code, reason in wanted.items():
+    for code, said in wanted.items():
         if code not in current:
             assert clinic.id is not None
             clinic.specialty_links.append(
-                ClinicSpecialty(clinic_id=clinic.id, specialty_code=code, reason=reason)
+                ClinicSpecialty(clinic_id=clinic.id, specialty_code=code, **said)
             )
             outcome = outcome if outcome == "created" else "updated"
-        elif apply_changes(current[code], {"reason": reason}):
+        elif apply_changes(current[code], said):
             outcome = outcome if outcome == "created" else "updated"
     if outcome == "updated":
         clinic.updated_at = utcnow()

@@ -14,7 +14,8 @@ from sqlalchemy.sql import ColumnElement
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from referral.directory.facts import NO_FACTS, FactFilter
+from referral.directory.evidence import specialty_fit
+from referral.directory.facts import NO_FACTS, SPECIALTY, FactFilter
 from referral.directory.models import Clinic, ClinicSpecialty, Location, Specialty
 from referral.timeutil import to_utc
 
@@ -65,14 +66,22 @@ def check_specialties(session: Session, codes: Sequence[str]) -> list[str]:
 
 
 def clinics_with_all_specialties(codes: Sequence[str]) -> ColumnElement[bool]:
-    """A condition on Clinic.id: the clinic has every one of ``codes``."""
+    """A condition on Clinic.id: the clinic is on record as offering every one of ``codes``."""
     having_all = (
         select(ClinicSpecialty.clinic_id)
-        .where(col(ClinicSpecialty.specialty_code).in_(codes))
+        .where(col(ClinicSpecialty.specialty_code).in_(codes), col(ClinicSpecialty.offered))
         .group_by(col(ClinicSpecialty.clinic_id))
         .having(func.count(func.distinct(ClinicSpecialty.specialty_code)) == len(codes))
     )
     return col(Clinic.id).in_(having_all)
+
+
+def clinics_not_lacking(codes: Sequence[str]) -> ColumnElement[bool]:
+    """A condition on Clinic.id: the clinic is on record as lacking none of ``codes``."""
+    lacking = select(ClinicSpecialty.clinic_id).where(
+        col(ClinicSpecialty.specialty_code).in_(codes), col(ClinicSpecialty.offered).is_(False)
+    )
+    return col(Clinic.id).not_in(lacking)
 
 
 def _escape_like(text: str) -> str:
@@ -83,6 +92,8 @@ def _escape_like(text: str) -> str:
 class ClinicFilters:
     q: str | None = None
     specialties: list[str] = field(default_factory=list)
+    # Also clinics not on record either way for a specialty (never those lacking it).
+    include_possible: bool = False
     city: str | None = None
     state: str | None = None
     zip_prefix: str | None = None
@@ -91,7 +102,8 @@ class ClinicFilters:
     updated_since: datetime | None = None
 
 
-def _clinic_query(filters: ClinicFilters) -> SelectOfScalar[Clinic]:
+def _clinic_query(filters: ClinicFilters, *, possible: bool) -> SelectOfScalar[Clinic]:
+    """``possible``: the specialty condition lets clinics not on record either way through."""
     query = select(Clinic)
     if filters.updated_since is None:
         query = query.where(col(Clinic.active).is_(True))
@@ -109,7 +121,10 @@ def _clinic_query(filters: ClinicFilters) -> SelectOfScalar[Clinic]:
         pattern = f"%{_escape_like(filters.q.strip().lower())}%"
         query = query.where(func.lower(col(Clinic.name)).like(pattern, escape="\\"))
     if filters.specialties:
-        query = query.where(clinics_with_all_specialties(filters.specialties))
+        if possible:
+            query = query.where(clinics_not_lacking(filters.specialties))
+        else:
+            query = query.where(clinics_with_all_specialties(filters.specialties))
     location_conditions: list[ColumnElement[bool]] = []
     if filters.city:
         location_conditions.append(func.lower(col(Location.city)) == filters.city.strip().lower())
@@ -131,7 +146,7 @@ def _clinic_query(filters: ClinicFilters) -> SelectOfScalar[Clinic]:
 class ClinicPage:
     clinics: list[Clinic]
     total: int
-    # Per fact filter, how many clinics were left out because the fact is unknown.
+    # Per fact filter (and SPECIALTY), how many clinics were left out for it being unknown.
     excluded_unknown: dict[str, int] = field(default_factory=dict)
 
 
@@ -145,36 +160,50 @@ def _located_as_asked(location: Location, filters: ClinicFilters) -> bool:
     return not (filters.zip_prefix and not (location.zip or "").startswith(filters.zip_prefix))
 
 
+def _ordered(query: SelectOfScalar[Clinic]) -> SelectOfScalar[Clinic]:
+    return query.options(
+        selectinload(Clinic.locations),  # type: ignore[arg-type]
+        selectinload(Clinic.specialty_links),  # type: ignore[arg-type]
+    ).order_by(col(Clinic.name).is_(None), col(Clinic.name), col(Clinic.id))
+
+
+def _count(session: Session, query: SelectOfScalar[Clinic]) -> int:
+    return int(session.exec(select(func.count()).select_from(query.subquery())).one())
+
+
 def search_clinics(
     session: Session, filters: ClinicFilters, *, offset: int, limit: int
 ) -> ClinicPage:
     """One page of clinics matching ``filters`` (unnamed last), and the total count."""
-    query = (
-        _clinic_query(filters)
-        .options(
-            selectinload(Clinic.locations),  # type: ignore[arg-type]
-            selectinload(Clinic.specialty_links),  # type: ignore[arg-type]
-        )
-        .order_by(col(Clinic.name).is_(None), col(Clinic.name), col(Clinic.id))
-    )
+    # Specialties not on record are counted (or let through) unless none were asked for.
+    counting = bool(filters.specialties) and not filters.include_possible
     if not filters.facts.active:
-        total = session.exec(select(func.count()).select_from(query.subquery())).one()
+        query = _ordered(_clinic_query(filters, possible=filters.include_possible))
+        total = _count(session, query)
         page = session.exec(query.offset(offset).limit(limit)).all()
-        return ClinicPage(list(page), int(total))
+        left_out = {}
+        if counting:
+            possible = _count(session, _clinic_query(filters, possible=True))
+            left_out = {SPECIALTY: possible - total} if possible > total else {}
+        return ClinicPage(list(page), total, left_out)
     # Facts such as "open now" are judged per location, in its own time zone.
+    query = _ordered(_clinic_query(filters, possible=bool(filters.specialties)))
     matching: list[Clinic] = []
     excluded: dict[str, int] = {}
     for clinic in session.exec(query).all():
+        unknown_specialty = counting and bool(specialty_fit(clinic, filters.specialties).unknown)
         unknown_for: set[str] = set()
         for location in clinic.locations:
             if not _located_as_asked(location, filters):
                 continue
             unknown = filters.facts.unknowns(location)
-            if unknown == []:
+            if unknown == [] and not unknown_specialty:
                 matching.append(clinic)
                 break
-            if unknown:
+            if unknown is not None:
                 unknown_for.update(unknown)
+                if unknown_specialty:
+                    unknown_for.add(SPECIALTY)
         else:
             for name in unknown_for:
                 excluded[name] = excluded.get(name, 0) + 1

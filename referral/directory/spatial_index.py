@@ -3,10 +3,11 @@
 What it holds (flat ``array`` buffers, no Python object per location): each active, geocoded
 location of an active clinic as a unit vector on the sphere (from its geodetic latitude and
 longitude), its exact latitude and longitude, its id, and a small integer "group" naming its
-clinic's specialty set and its facts (new patients, telehealth, languages, opening hours, the
-last compiled to integers). Points are ordered along a 3-D Morton curve and packed into a
-bounding-box tree (leaves of 16 points, 8 children a node); there is one tree over all points
-and one per specialty code, over the locations whose clinic has that code.
+clinic's specialty evidence (offered, not offered) and its facts (new patients, telehealth,
+languages, opening hours, the last compiled to integers; a phone on record). Points are
+ordered along a 3-D Morton curve and packed into a bounding-box tree (leaves of 16 points, 8
+children a node); there is one tree over all points and one per specialty code, over the
+locations whose clinic is on record as offering it.
 
 Why the answers are exact although the tree works on a sphere: with geodetic latitude as the
 sphere's latitude, the WGS84 metric ds^2 = M^2 dphi^2 + N^2 cos^2(phi) dlambda^2 lies between
@@ -37,9 +38,9 @@ from heapq import heappop, heappush
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, select
 
-from referral.directory.facts import NO_FACTS, FactFilter
+from referral.directory.facts import NO_FACTS, SPECIALTY, FactFilter
 from referral.directory.hours import DAYS, _minutes, is_open
 from referral.directory.models import Clinic, ClinicSpecialty, Location
 from referral.directory.revision import read_revision
@@ -269,7 +270,10 @@ class DirectoryIndex:
     g_tele: array[int]
     g_lang: array[int]
     g_hours: array[int]
+    g_phone: array[int]
+    # Per specialty set: the codes offered, and the codes known not to be offered.
     spec_sets: list[frozenset[str]]
+    lacking_sets: list[frozenset[str]]
     languages: list[Any]  # [0] is None: unknown
     hours_code: array[int]
     hours_offset: array[int]  # per hours profile; profile 0 is "unknown"
@@ -300,7 +304,7 @@ class DirectoryIndex:
         except the per-profile tables: counted at a rough 100 bytes an entry)."""
         arrays: list[array[Any]] = [
             self.ids, self.lat, self.lon, self.x, self.y, self.z,
-            self.g_spec, self.g_anp, self.g_tele, self.g_lang, self.g_hours,
+            self.g_spec, self.g_anp, self.g_tele, self.g_lang, self.g_hours, self.g_phone,
             self.hours_code, self.hours_offset,
         ]  # fmt: skip
         total = sum(part.itemsize * len(part) for part in arrays)
@@ -350,9 +354,10 @@ class IndexBuilder:
         self.lat: array[float] = array("d")
         self.lon: array[float] = array("d")
         self.grp: array[int] = array("i")
-        self._groups: dict[tuple[int, int, int, int, int], int] = {}
+        self._groups: dict[tuple[int, int, int, int, int, int], int] = {}
         self.spec_sets: list[frozenset[str]] = []
-        self._spec_ids: dict[frozenset[str], int] = {}
+        self.lacking_sets: list[frozenset[str]] = []
+        self._spec_ids: dict[tuple[frozenset[str], frozenset[str]], int] = {}
         self.languages: list[Any] = [None]
         self._language_ids: dict[str, int] = {}
         self.hours_code: array[int] = array("i")
@@ -362,12 +367,14 @@ class IndexBuilder:
         self._zone_ids: dict[str, int] = {}
         self.raw_hours: dict[int, tuple[Any, Any, str]] = {}
 
-    def spec_set(self, codes: Iterable[str]) -> int:
-        key = frozenset(codes)
+    def spec_set(self, codes: Iterable[str], lacking: Iterable[str] = ()) -> int:
+        """The id of a clinic's specialty evidence: the codes it offers, those it lacks."""
+        key = (frozenset(codes), frozenset(lacking))
         found = self._spec_ids.get(key)
         if found is None:
             found = self._spec_ids[key] = len(self.spec_sets)
-            self.spec_sets.append(key)
+            self.spec_sets.append(key[0])
+            self.lacking_sets.append(key[1])
         return found
 
     def _language(self, languages: Any) -> int:
@@ -421,6 +428,7 @@ class IndexBuilder:
         opening_hours: Any = None,
         hours_exceptions: Any = None,
         time_zone: str | None = None,
+        has_phone: bool = True,
     ) -> None:
         if (
             accepting_new_patients is None
@@ -428,7 +436,8 @@ class IndexBuilder:
             and languages is None
             and opening_hours is None
         ):
-            key = (spec_set, _UNKNOWN, _UNKNOWN, 0, 0)  # nothing known: the common case
+            # Nothing known: the common case.
+            key = (spec_set, _UNKNOWN, _UNKNOWN, 0, 0, int(has_phone))
         else:
             key = (
                 spec_set,
@@ -436,6 +445,7 @@ class IndexBuilder:
                 _UNKNOWN if telehealth is None else int(bool(telehealth)),
                 self._language(languages),
                 self._hours(opening_hours, hours_exceptions, time_zone),
+                int(has_phone),
             )
         group = self._groups.get(key)
         if group is None:
@@ -471,6 +481,7 @@ class IndexBuilder:
         g_tele = array("b", [key[2] for key, _ in groups])
         g_lang = array("i", [key[3] for key, _ in groups])
         g_hours = array("i", [key[4] for key, _ in groups])
+        g_phone = array("b", [key[5] for key, _ in groups])
         # Per code, the positions having it, in Morton order: one pass, appending to arrays
         # (no list of ints to sort, nor to outlive the build in the allocator).
         members: dict[str, array[int]] = {
@@ -492,7 +503,9 @@ class IndexBuilder:
             revision=revision,
             ids=ids, lat=lat, lon=lon, x=x, y=y, z=z,
             g_spec=g_spec, g_anp=g_anp, g_tele=g_tele, g_lang=g_lang, g_hours=g_hours,
+            g_phone=g_phone,
             spec_sets=list(self.spec_sets),
+            lacking_sets=list(self.lacking_sets),
             languages=list(self.languages),
             hours_code=self.hours_code,
             hours_offset=self.hours_offset,
@@ -521,8 +534,12 @@ def load_index(connection: Connection) -> DirectoryIndex:
     started = time.perf_counter()
     revision = read_revision(connection)
     location, clinic, link = Location.__table__, Clinic.__table__, ClinicSpecialty.__table__  # type: ignore[attr-defined]
+    # A clinic's evidence as one text: offered codes as they are, codes it lacks after "!".
+    evidence = case(
+        (link.c.offered.is_(True), link.c.specialty_code), else_="!" + link.c.specialty_code
+    )
     codes = (
-        select(link.c.clinic_id, func.aggregate_strings(link.c.specialty_code, " ").label("codes"))
+        select(link.c.clinic_id, func.aggregate_strings(evidence, " ").label("codes"))
         .group_by(link.c.clinic_id)
         .subquery()
     )
@@ -537,6 +554,7 @@ def load_index(connection: Connection) -> DirectoryIndex:
             location.c.opening_hours,
             location.c.hours_exceptions,
             location.c.time_zone,
+            clinic.c.phone.is_not(None),
             codes.c.codes,
         )
         .join(clinic, clinic.c.id == location.c.clinic_id)
@@ -553,10 +571,16 @@ def load_index(connection: Connection) -> DirectoryIndex:
     result = connection.execution_options(yield_per=2000).execute(query)
     add = builder.add
     for row in result:
-        location_id, lat, lon, anp, telehealth, languages, hours, exceptions, zone, text = row
+        location_id, lat, lon, anp, telehealth, languages, hours, exceptions, zone, phone, text = (
+            row
+        )
         spec = spec_by_text.get(text)
         if spec is None:
-            spec = spec_by_text[text] = builder.spec_set((text or "").split())
+            words = (text or "").split()
+            spec = spec_by_text[text] = builder.spec_set(
+                [word for word in words if not word.startswith("!")],
+                [word[1:] for word in words if word.startswith("!")],
+            )
         add(
             location_id,
             spec,
@@ -568,6 +592,7 @@ def load_index(connection: Connection) -> DirectoryIndex:
             opening_hours=hours,
             hours_exceptions=exceptions,
             time_zone=zone,
+            has_phone=bool(phone),
         )
     index = builder.finish(revision)
     index.build_seconds = time.perf_counter() - started
@@ -579,14 +604,17 @@ def load_index(connection: Connection) -> DirectoryIndex:
 
 class Judge:
     """Per query: whether a group matches (an empty tuple), fails (None), or would match but
-    for the unknown facts it names; the same rules as FactFilter.unknowns."""
+    for what it names as unknown (SPECIALTY, facts); the same rules as nearest's row check.
+    ``passes`` applies the filter's ``allow_unknown``; ``blocked`` names what left a group
+    out for being unknown."""
 
     def __init__(self, index: DirectoryIndex, specialties: Iterable[str], facts: FactFilter):
         self.required = frozenset(specialties)
         self.index = index
         self.facts = facts
-        self._spec_ok: dict[int, bool] = {}
+        self._spec: dict[int, tuple[str, ...] | None] = {}
         self._memo: dict[int, tuple[str, ...] | None] = {}
+        self._blocked: dict[int, tuple[str, ...]] = {}
         self._open: dict[int, bool | None] = {}
 
     def verdict(self, group: int) -> tuple[str, ...] | None:
@@ -596,15 +624,42 @@ class Judge:
             found = self._memo[group] = self._judge(group)
             return found
 
+    def blocked(self, group: int) -> tuple[str, ...]:
+        """What left the group out for being unknown (empty: it passes, or fails outright)."""
+        try:
+            return self._blocked[group]
+        except KeyError:
+            verdict = self.verdict(group)
+            found = self._blocked[group] = (
+                () if verdict is None else tuple(self.facts.blocked(verdict))
+            )
+            return found
+
+    def passes(self, group: int) -> bool:
+        return self.verdict(group) is not None and not self.blocked(group)
+
+    def _specialty(self, spec: int) -> tuple[str, ...] | None:
+        """None when the clinic is known to lack a required specialty; (SPECIALTY,) when it
+        is not known to offer one; () when it offers all."""
+        try:
+            return self._spec[spec]
+        except KeyError:
+            index, required = self.index, self.required
+            if required & index.lacking_sets[spec]:
+                found: tuple[str, ...] | None = None
+            else:
+                found = () if required <= index.spec_sets[spec] else (SPECIALTY,)
+            self._spec[spec] = found
+            return found
+
     def _judge(self, group: int) -> tuple[str, ...] | None:
         index, facts = self.index, self.facts
-        spec = index.g_spec[group]
-        accepted = self._spec_ok.get(spec)
-        if accepted is None:
-            accepted = self._spec_ok[spec] = self.required <= index.spec_sets[spec]
-        if not accepted:
+        specialty = self._specialty(index.g_spec[group])
+        if specialty is None:
             return None
-        unknown: list[str] = []
+        if facts.contactable is not None and bool(index.g_phone[group]) != facts.contactable:
+            return None
+        unknown: list[str] = list(specialty)
         if facts.open_at is not None:
             profile = index.g_hours[group]
             if profile not in self._open:
@@ -654,7 +709,9 @@ class NearestSearch:
         self.lat, self.lon = lat, lon
         self.radius_km = radius_km
         self.judge = judge or Judge(index, specialties, facts)
-        self.tree = index.tree_for(specialties)
+        # A clinic not on record for a specialty may pass too: then the tree of all.
+        possible = SPECIALTY in self.judge.facts.allow_unknown
+        self.tree = index.all_tree if possible else index.tree_for(specialties)
         self.q = unit_vector(lat, lon)
         self.heap: list[tuple[float, int, int]] = []
         self.accepted: list[tuple[float, int, int]] = []  # (km, location id, point index)
@@ -662,7 +719,7 @@ class NearestSearch:
         tree = self.tree
         if tree is None or not tree.levels:
             return
-        if self.judge.facts.active and self._few_pass(tree):
+        if (self.judge.facts.active or possible) and self._few_pass(tree):
             return
         top = len(tree.levels) - 1
         for node in range(len(tree.levels[top][0])):
@@ -674,7 +731,7 @@ class NearestSearch:
         order would pass over most of it: take those few directly instead, sorted by distance
         (a sorted list is a heap, so the search goes on unchanged)."""
         judge = self.judge
-        passing = {group for group, _ in tree.group_counts() if judge.verdict(group) == ()}
+        passing = {group for group, _ in tree.group_counts() if judge.passes(group)}
         count = sum(number for group, number in tree.group_counts() if group in passing)
         if count * DIRECT_RATIO >= tree.size:
             return False
@@ -734,7 +791,7 @@ class NearestSearch:
                 break
             _, _, position = heappop(self.heap)
             self.examined += 1
-            if judge.verdict(tree.grp[position]) != ():
+            if not judge.passes(tree.grp[position]):
                 continue
             i = tree.idx[position]
             km = geodesic_km(self.lat, self.lon, index.lat[i], index.lon[i])
@@ -747,22 +804,24 @@ class NearestSearch:
         self.accepted = [entry for entry in self.accepted if entry[1] != location_id]
 
     def excluded_unknown(self) -> dict[str, int]:
-        """Per fact filter, how many locations that would otherwise match (within the radius,
-        if any) were left out for that fact being unknown."""
-        tree, judge = self.tree, self.judge
-        if tree is None or not judge.facts.active:
+        """Per fact filter (and SPECIALTY), how many locations that would otherwise match
+        (within the radius, if any) were left out for that being unknown."""
+        judge = self.judge
+        if not (judge.facts.active or judge.required):
             return {}
+        # Locations not on record for a specialty are in no specialty's tree: count in all.
+        tree = self.index.all_tree
         by_group: Counter[int] = Counter()
         if self.radius_km is None:
             # Everywhere: the tree's per-group totals, no point is visited.
             for group, count in tree.group_counts():
-                if judge.verdict(group):
+                if judge.blocked(group):
                     by_group[group] = count
         elif tree.levels:
             self._count_within(tree, by_group)
         counts: Counter[str] = Counter()
         for group, count in by_group.items():
-            for name in judge.verdict(group) or ():
+            for name in judge.blocked(group):
                 counts[name] += count
         return {name: count for name, count in counts.items() if count}
 
@@ -786,7 +845,7 @@ class NearestSearch:
             start, end = tree.span(level, node)
             if upper_km(far) <= radius:
                 for group, count in Counter(tree.grp[start:end]).items():
-                    if judge.verdict(group):
+                    if judge.blocked(group):
                         by_group[group] += count
                 continue
             if level > 0:
@@ -798,7 +857,7 @@ class NearestSearch:
                 continue
             for position in range(start, end):
                 group = tree.grp[position]
-                if not judge.verdict(group):
+                if not judge.blocked(group):
                     continue
                 i = tree.idx[position]
                 chord2 = (x[i] - qx) ** 2 + (y[i] - qy) ** 2 + (z[i] - qz) ** 2

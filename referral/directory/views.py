@@ -22,7 +22,8 @@ from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
 from referral.auth.models import SCOPE_ADMIN, SCOPE_CLINICS_WRITE, ApiKey
 from referral.db import get_session
 from referral.directory import service
-from referral.directory.facts import FactFilter
+from referral.directory.evidence import specialty_fit
+from referral.directory.facts import SPECIALTY, FactFilter
 from referral.directory.hours import is_open
 from referral.directory.models import Clinic, Location
 from referral.directory.nearest import NearestHit, find_nearest
@@ -103,6 +104,7 @@ def _facts(args: dict[str, Any]) -> FactFilter:
         accepting_new_patients=args.get("accepting_new_patients"),
         telehealth=args.get("telehealth"),
         language=args.get("language"),
+        allow_unknown=frozenset({SPECIALTY}) if args.get("include_possible") else frozenset(),
     )
 
 
@@ -126,6 +128,7 @@ class Clinics(MethodView):
         filters = service.ClinicFilters(
             q=args.get("q"),
             specialties=_checked_specialties(args.get("specialty", [])),
+            include_possible=args["include_possible"],
             city=args.get("city"),
             state=args.get("state"),
             zip_prefix=args.get("zip"),
@@ -140,7 +143,7 @@ class Clinics(MethodView):
         )
         pagination_parameters.item_count = page.total
         headers = {}
-        if filters.facts.active:
+        if filters.facts.active or (filters.specialties and not filters.include_possible):
             headers["X-Excluded-Unknown"] = json.dumps(page.excluded_unknown, sort_keys=True)
         return page.clinics, 200, headers
 
@@ -281,14 +284,17 @@ class Specialties(MethodView):
         return service.list_specialties(get_session())
 
 
-def _hit(hit: NearestHit, now: datetime) -> dict[str, Any]:
+def _hit(hit: NearestHit, now: datetime, specialties: list[str]) -> dict[str, Any]:
     location = hit.location
+    fit = specialty_fit(location.clinic, specialties) if specialties else None
     return {
         "distance_km": round(hit.distance_km, 3),
         "distance_mi": round(hit.distance_mi, 3),
         "open_now": is_open(
             location.opening_hours, location.hours_exceptions, location.time_zone, now
         ),
+        "specialty_match": None if fit is None else fit.kind.value,
+        "specialties_unknown": [] if fit is None else list(fit.unknown),
         "location": location_json(location),
         "clinic": clinic_summary_json(location.clinic),
     }
@@ -321,7 +327,9 @@ class NearestLocations(MethodView):
 
         Give one origin: `lat`+`lon`, `zip`, `city`+`state`, or `address`. With a `radius`
         and nothing inside it, `results` is empty and `nearest_outside_radius` holds the
-        closest match anyway."""
+        closest match anyway. A `specialty` matches clinics on record as offering it; with
+        `include_possible=true` also those whose record does not say (marked `possible`);
+        `excluded_unknown.specialty` counts those left out otherwise."""
         specialties = _checked_specialties(args.get("specialty", []))
         try:
             origin = resolve_origin_args(get_geocoder(), args)
@@ -351,8 +359,8 @@ class NearestLocations(MethodView):
                 "unit": unit,
                 "specialties": [str(code) for code in specialties],
                 "count": len(found.hits),
-                "results": [_hit(hit, now) for hit in found.hits],
-                "nearest_outside_radius": _hit(outside, now) if outside else None,
+                "results": [_hit(hit, now, specialties) for hit in found.hits],
+                "nearest_outside_radius": _hit(outside, now, specialties) if outside else None,
                 "excluded_unknown": dict(found.excluded_unknown),
             }
         )

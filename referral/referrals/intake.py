@@ -1,4 +1,5 @@
-"""Referral intake: concerns to specialties, red-flag escalation, matching, creation."""
+"""Referral intake: concerns to specialties, red-flag escalation, matching (matching.py),
+creation."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ from sqlalchemy import Table
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session
 
-from referral.directory.models import Clinic, Location
-from referral.directory.nearest import NearestHit, find_nearest
+from referral.directory.models import Location
 from referral.directory.records import LocationRecord
 from referral.directory.service import UnknownSpecialtyError, check_specialties
-from referral.geo.distance import geodesic_km
+from referral.geo.distance import km_to_miles
 from referral.geo.origin import Origin
+from referral.referrals.matching import (
+    DEFAULT_RULES,
+    Candidate,
+    MatchInputError,
+    MatchRules,
+    match_referral,
+)
 from referral.referrals.models import (
     URGENCY_ORDER,
     Referral,
@@ -24,8 +31,6 @@ from referral.referrals.models import (
     Urgency,
 )
 from referral.referrals.vocabulary import Vocabulary, intake_vocabulary
-
-ALTERNATIVES = 3
 
 
 class ReferralInputError(ValueError):
@@ -48,13 +53,6 @@ class ReferralRequest:
     max_distance_km: float | None = None
     patient_ref: str | None = None
     assessment: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Match:
-    hit: NearestHit | None
-    notes: list[str]
-    alternatives: list[NearestHit]
 
 
 def specialties_needed(
@@ -98,120 +96,80 @@ def escalate(
     return urgency, escalations
 
 
-def _preferred_hit(
-    session: Session, clinic_id: int, origin: Origin, max_distance_km: float | None
-) -> tuple[NearestHit | None, str]:
-    clinic = session.get(Clinic, clinic_id)
-    if clinic is None or not clinic.active:
-        raise ReferralInputError("preferred_clinic_id", f"no active clinic with id {clinic_id}")
-    hits = sorted(
-        (
-            NearestHit(location, geodesic_km(origin.lat, origin.lon, location.lat, location.lon))
-            for location in clinic.locations
-            if location.active and location.lat is not None and location.lon is not None
-        ),
-        key=lambda hit: (hit.distance_km, hit.location.id or 0),
-    )
-    if not hits:
-        return None, "the preferred clinic has no located, active location; matched by distance"
-    if max_distance_km is not None and hits[0].distance_km > max_distance_km:
-        return None, (
-            f"the preferred clinic is {hits[0].distance_km:.1f} km away, beyond max_distance; "
-            "matched by distance instead"
-        )
-    return hits[0], "the patient's preferred clinic"
+# The origin is kept to two decimals of a degree (about 1 km); everything after intake, the
+# match included, sees only that (docs/matching.md).
+ORIGIN_DECIMALS = 2
+# Distances are given to 100 m: finer would be false precision from a ~1 km origin.
+DISTANCE_DECIMALS = 1
 
 
-def match_location(
-    session: Session,
-    origin: Origin,
-    needed: list[str],
-    *,
-    max_distance_km: float | None,
-    preferred_clinic_id: int | None,
-) -> Match:
-    """Nearest location offering every needed specialty; failing that, the nearest of all
-    (with a note); the preferred clinic first when it is within reach."""
-    notes: list[str] = []
-    preferred = None
-    if preferred_clinic_id is not None:
-        preferred, note = _preferred_hit(session, preferred_clinic_id, origin, max_distance_km)
-        notes.append(note)
-    ranked = find_nearest(
-        session,
-        origin.lat,
-        origin.lon,
-        specialties=needed,
-        radius_km=max_distance_km,
-        limit=ALTERNATIVES + 1,
-    ).hits
-    if ranked:
-        if needed:
-            notes.append(f"nearest clinic offering all of: {', '.join(needed)}")
-    else:
-        ranked = find_nearest(
-            session, origin.lat, origin.lon, radius_km=max_distance_km, limit=ALTERNATIVES + 1
-        ).hits
-        if ranked and needed:
-            notes.append(
-                f"no clinic within reach offers all of: {', '.join(needed)}; "
-                "matched the nearest clinic instead"
-            )
-    if preferred is not None:
-        if needed and not set(needed) <= set(preferred.location.clinic.specialty_codes):
-            notes.append(f"the preferred clinic does not list all of: {', '.join(needed)}")
-        others = [hit for hit in ranked if hit.location.id != preferred.location.id]
-        return Match(preferred, notes, others[:ALTERNATIVES])
-    if not ranked:
-        anywhere = find_nearest(session, origin.lat, origin.lon, limit=1).hits
-        nearest = f"; the nearest is {anywhere[0].distance_km:.1f} km away" if anywhere else ""
-        raise ReferralInputError("max_distance", f"no active clinic within reach{nearest}")
-    return Match(ranked[0], notes, ranked[1 : ALTERNATIVES + 1])
+def coarsen(value: float) -> float:
+    return round(value, ORIGIN_DECIMALS)
 
 
-def _summary(hit: NearestHit) -> dict[str, Any]:
-    location = hit.location
+def candidate_json(candidate: Candidate) -> dict[str, Any]:
+    """A candidate as stored in ``alternatives``: where, how far, and why it is listed."""
+    location = candidate.hit.location
+    clinic = location.clinic
+    km = round(candidate.distance_km, DISTANCE_DECIMALS)
     return {
         "clinic_id": location.clinic_id,
-        "clinic_name": location.clinic.name,
+        "clinic_name": clinic.name,
+        "phone": clinic.phone,
         "location_id": location.id,
         "city": location.city,
         "state": location.state,
-        "distance_km": round(hit.distance_km, 3),
+        "distance_km": km,
+        "distance_mi": round(km_to_miles(km), DISTANCE_DECIMALS),
+        **candidate.why(),
     }
 
 
 @dataclass(frozen=True)
 class NewReferral:
     referral: Referral
-    # Its history so far (the one "created" line) and the matched location: what the answer
-    # shows, so that it needs no reading back.
+    # Its history so far (the one "created" line) and the matched location, if any: what
+    # the answer shows, so that it needs no reading back.
     history: list[ReferralEvent]
-    location: LocationRecord | Location
+    location: LocationRecord | Location | None
 
 
 def create_referral(
-    session: Session, request: ReferralRequest, *, source: str, source_key_id: int | None
+    session: Session,
+    request: ReferralRequest,
+    *,
+    source: str,
+    source_key_id: int | None,
+    rules: MatchRules = DEFAULT_RULES,
 ) -> NewReferral:
     """Match and make a referral with its first history line. Nothing is written yet:
     ``store_referral`` does, as late as it can (on SQLite the first write takes the database's
-    one write lock, held until the commit)."""
+    one write lock, held until the commit). With nothing within reach the referral is made
+    all the same, waiting for a person to route it (never refused for distance)."""
     vocabulary = intake_vocabulary(session, request.concerns, request.red_flags)
     needed = specialties_needed(session, vocabulary, request.concerns, request.specialties)
     urgency, escalations = escalate(vocabulary, request.urgency, request.red_flags)
-    match = match_location(
-        session,
-        request.origin,
-        [item["code"] for item in needed],
-        max_distance_km=request.max_distance_km,
-        preferred_clinic_id=request.preferred_clinic_id,
-    )
-    assert match.hit is not None
+    lat, lon = coarsen(request.origin.lat), coarsen(request.origin.lon)
+    try:
+        match = match_referral(
+            session,
+            lat,
+            lon,
+            [item["code"] for item in needed],
+            urgency=urgency,
+            max_distance_km=request.max_distance_km,
+            preferred_clinic_id=request.preferred_clinic_id,
+            rules=rules,
+        )
+    except MatchInputError as exc:
+        raise ReferralInputError("preferred_clinic_id", str(exc)) from exc
+    chosen = match.chosen
+    status = Status.CREATED if chosen is not None else Status.NEEDS_ROUTING
     referral = Referral(
         id=secrets.token_hex(16),
         source=source,
         source_key_id=source_key_id,
-        status=Status.CREATED.value,
+        status=status.value,
         urgency=urgency.value,
         urgency_requested=request.urgency.value,
         concerns=list(dict.fromkeys(request.concerns)),
@@ -220,15 +178,20 @@ def create_referral(
         specialties_needed=needed,
         escalations=escalations,
         origin_kind=request.origin.resolved_from.value,
-        origin_lat=round(request.origin.lat, 2),
-        origin_lon=round(request.origin.lon, 2),
+        origin_lat=lat,
+        origin_lon=lon,
         max_distance_km=request.max_distance_km,
+        reach_km=match.reach.km,
+        reach_basis=match.reach.basis,
         preferred_clinic_id=request.preferred_clinic_id,
-        matched_location_id=match.hit.location.id,
-        matched_clinic_id=match.hit.location.clinic_id,
-        match_distance_km=round(match.hit.distance_km, 3),
+        matched_location_id=None if chosen is None else chosen.hit.location.id,
+        matched_clinic_id=None if chosen is None else chosen.hit.location.clinic_id,
+        match_distance_km=(
+            None if chosen is None else round(chosen.distance_km, DISTANCE_DECIMALS)
+        ),
         match_notes=match.notes,
-        alternatives=[_summary(hit) for hit in match.alternatives],
+        match_why=None if chosen is None else chosen.why(),
+        alternatives=[candidate_json(candidate) for candidate in match.alternatives],
         patient_ref=request.patient_ref,
         assessment=request.assessment,
     )
@@ -237,10 +200,10 @@ def create_referral(
         actor_key_id=source_key_id,
         actor=source,
         from_status=None,
-        to_status=Status.CREATED.value,
-        note=None,
+        to_status=status.value,
+        note=None if chosen is not None else "nothing within reach: waits for a person to route it",
     )
-    return NewReferral(referral, [event], match.hit.location)
+    return NewReferral(referral, [event], None if chosen is None else chosen.hit.location)
 
 
 def store_referral(session: Session, new: NewReferral) -> None:

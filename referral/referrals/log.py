@@ -20,8 +20,13 @@ from referral.auth.models import (
     SCOPE_REFERRALS_WRITE,
     ApiKey,
 )
+from referral.directory.evidence import specialty_fit
 from referral.directory.models import Clinic, Location
+from referral.directory.nearest import NearestHit
 from referral.directory.records import LocationRecord
+from referral.geo.distance import geodesic_km, km_to_miles
+from referral.referrals.intake import DISTANCE_DECIMALS
+from referral.referrals.matching import Candidate
 from referral.referrals.models import (
     TRANSITIONS,
     IdempotencyRecord,
@@ -33,9 +38,20 @@ from referral.timeutil import as_utc, to_utc, utcnow
 
 
 class TransitionError(ValueError):
-    def __init__(self, current: Status, wanted: Status) -> None:
+    def __init__(self, current: Status, wanted: Status, *, assigning: bool = False) -> None:
+        if assigning:
+            super().__init__(
+                f"a referral that is {current} cannot be assigned; only one that is "
+                f"{' or '.join(ASSIGNABLE)}"
+            )
+            return
         allowed = ", ".join(sorted(TRANSITIONS[current])) or "none (final)"
-        super().__init__(f"cannot go from {current} to {wanted}; allowed: {allowed}")
+        routing = (
+            "; a person routes it with POST /v1/referrals/{id}/assignment"
+            if current == Status.NEEDS_ROUTING
+            else ""
+        )
+        super().__init__(f"cannot go from {current} to {wanted}; allowed: {allowed}{routing}")
 
 
 class ChangeNotAllowedError(PermissionError):
@@ -99,6 +115,17 @@ def list_visible(
     return list(page), int(total)
 
 
+def needing_routing(session: Session) -> list[Referral]:
+    """Referrals no clinic was within reach of, waiting for a person (oldest first)."""
+    return list(
+        session.exec(
+            select(Referral)
+            .where(col(Referral.status) == Status.NEEDS_ROUTING.value)
+            .order_by(col(Referral.created_at), col(Referral.id))
+        ).all()
+    )
+
+
 def history(session: Session, referral_id: str) -> list[ReferralEvent]:
     return list(
         session.exec(
@@ -127,16 +154,25 @@ def detail(
         )
     match = None
     if location is not None and referral.match_distance_km is not None:
+        km = referral.match_distance_km
         match = {
             "clinic": location.clinic,
             "location": location,
-            "distance_km": referral.match_distance_km,
-            "distance_mi": round(referral.match_distance_km / 1.609344, 3),
+            "distance_km": km,
+            "distance_mi": round(km_to_miles(km), DISTANCE_DECIMALS),
             "notes": referral.match_notes,
+            **(referral.match_why or {}),
         }
     if events is None:
         events = history(session, referral.id)
-    return {"referral": referral, "match": match, "history": events}
+    reach = None
+    if referral.reach_km is not None:
+        reach = {
+            "km": referral.reach_km,
+            "mi": round(km_to_miles(referral.reach_km), DISTANCE_DECIMALS),
+            "basis": referral.reach_basis,
+        }
+    return {"referral": referral, "match": match, "history": events, "reach": reach}
 
 
 def may_change(key: ApiKey, referral: Referral, wanted: Status) -> bool:
@@ -161,6 +197,19 @@ def change_status(
     current = Status(referral.status)
     if wanted not in TRANSITIONS[current]:
         raise TransitionError(current, wanted)
+    _step(session, referral, key, current, wanted, note)
+    return referral
+
+
+def _step(
+    session: Session,
+    referral: Referral,
+    key: ApiKey,
+    current: Status,
+    wanted: Status,
+    note: str | None,
+) -> None:
+    """Move the referral to ``wanted`` with a history line; flush."""
     referral.status = wanted.value
     referral.updated_at = utcnow()
     session.add(
@@ -174,6 +223,58 @@ def change_status(
         )
     )
     session.flush()
+
+
+class AssignmentError(ValueError):
+    """The location cannot take the referral; ``field`` names the body field at fault."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+# A referral may be (re)assigned until its clinic has answered it.
+ASSIGNABLE = (Status.NEEDS_ROUTING, Status.CREATED)
+
+
+def assign_location(
+    session: Session, referral: Referral, key: ApiKey, location_id: int, note: str | None
+) -> Referral:
+    """A person routes the referral to a location (admin): it becomes ``created`` for that
+    clinic, with why, and a history line; flush, don't commit."""
+    if not key.has_scope(SCOPE_ADMIN):
+        raise ChangeNotAllowedError("only an admin key may assign a referral")
+    current = Status(referral.status)
+    if current not in ASSIGNABLE:
+        raise TransitionError(current, Status.CREATED, assigning=True)
+    location = session.get(Location, location_id)
+    if location is None or not location.active or not location.clinic.active:
+        raise AssignmentError("location_id", f"no active location with id {location_id}")
+    if location.lat is None or location.lon is None:
+        raise AssignmentError("location_id", f"location {location_id} has no coordinates")
+    distance = geodesic_km(referral.origin_lat, referral.origin_lon, location.lat, location.lon)
+    needed = [item["code"] for item in referral.specialties_needed]
+    candidate = Candidate(
+        NearestHit(location, distance),
+        specialty_fit(location.clinic, needed),
+        within_reach=referral.reach_km is None or distance <= referral.reach_km,
+        assigned_by=key.name,
+    )
+    previous = referral.matched_clinic_id
+    referral.matched_location_id = location.id
+    referral.matched_clinic_id = location.clinic_id
+    referral.match_distance_km = round(distance, DISTANCE_DECIMALS)
+    referral.match_why = candidate.why()
+    referral.match_notes = [*referral.match_notes, candidate.reason()]
+    referral.alternatives = [
+        item for item in referral.alternatives if item.get("location_id") != location.id
+    ]
+    where = ", ".join(part for part in (location.city, location.state) if part)
+    line = f"assigned to {location.clinic.name or f'clinic {location.clinic_id}'} ({where})"
+    if previous is not None and current == Status.CREATED:
+        line = f"re{line} (was clinic {previous})"
+    _step(session, referral, key, current, Status.CREATED, f"{line}: {note}" if note else line)
     return referral
 
 

@@ -25,6 +25,8 @@ URGENCY_ORDER = [Urgency.ROUTINE, Urgency.SOON, Urgency.URGENT]
 
 
 class Status(StrEnum):
+    # Nothing within reach: a person assigns a location (then it is "created").
+    NEEDS_ROUTING = "needs_routing"
     CREATED = "created"
     ACCEPTED = "accepted"
     DECLINED = "declined"
@@ -36,6 +38,8 @@ class Status(StrEnum):
 
 # Which status may follow which; anything else is a 409.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
+    # Assigning a location (POST .../assignment) is the way out, besides cancelling.
+    Status.NEEDS_ROUTING: frozenset({Status.CANCELLED}),
     Status.CREATED: frozenset({Status.ACCEPTED, Status.DECLINED, Status.CANCELLED}),
     Status.ACCEPTED: frozenset({Status.SCHEDULED, Status.DECLINED, Status.CANCELLED}),
     Status.SCHEDULED: frozenset(
@@ -95,11 +99,16 @@ class ReferralBase(SQLModel):
     origin_lat: float
     origin_lon: float
     max_distance_km: float | None = None
+    # The reach the match used, and whether it was max_distance or the urgency's default.
+    reach_km: float | None = None
+    reach_basis: str | None = Field(default=None, max_length=20)
     preferred_clinic_id: int | None = Field(default=None, foreign_key="clinic.id")
     matched_location_id: int | None = Field(default=None, foreign_key="location.id")
     matched_clinic_id: int | None = Field(default=None, foreign_key="clinic.id", index=True)
     match_distance_km: float | None = None
     match_notes: list[str] = Field(default_factory=list, sa_type=JSON)
+    # Why the matched location was chosen (matching.Candidate.why); alternatives carry theirs.
+    match_why: dict[str, Any] | None = Field(default=None, sa_type=JSON(none_as_null=True))
     alternatives: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
     patient_ref: str | None = Field(default=None, max_length=64)
     assessment: dict[str, Any] | None = Field(default=None, sa_type=JSON)

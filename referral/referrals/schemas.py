@@ -9,6 +9,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
+from referral.directory.evidence import Fit
 from referral.directory.schemas import (
     ClinicSummarySchema,
     LocationSchema,
@@ -153,6 +154,16 @@ class ReferralCreateSchema(_Strict):
 NOTE = ma.fields.String(validate=[validate.Length(min=1, max=1000), PlainText(multiline=True)])
 
 
+class AssignmentSchema(_Strict):
+    location_id = ma.fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_ID),
+        metadata={"description": "the active location to send the referral to"},
+    )
+    note = NOTE
+
+
 class StatusChangeSchema(_Strict):
     status = ma.fields.String(required=True, validate=validate.OneOf([s.value for s in Status]))
     note = NOTE
@@ -209,21 +220,66 @@ class NeededSpecialtySchema(ma.Schema):
     reason = ma.fields.String()
 
 
-class MatchSchema(ma.Schema):
+class CandidateWhySchema(ma.Schema):
+    """Why a candidate is listed where it is (docs/matching.md)."""
+
+    fit = ma.fields.String(
+        metadata={
+            "enum": [fit.value for fit in Fit],
+            "description": "confirmed: on record as offering every needed specialty; "
+            "possible: none on record as lacking, some not on record; lacking: on record as "
+            "not offering one (only a preferred or assigned clinic)",
+        }
+    )
+    preferred = ma.fields.Boolean(metadata={"description": "the patient's preferred clinic"})
+    assigned_by = ma.fields.String(
+        allow_none=True, metadata={"description": "the admin key that assigned it, if a person did"}
+    )
+    specialties_unknown = ma.fields.List(
+        ma.fields.String(), metadata={"description": "needed specialties not on record either way"}
+    )
+    specialties_not_offered = ma.fields.List(
+        ma.fields.String(), metadata={"description": "needed specialties on record as not offered"}
+    )
+    contactable = ma.fields.Boolean(metadata={"description": "a phone is on record"})
+    accepting_new_patients = ma.fields.Boolean(
+        allow_none=True, metadata={"description": "null: not on record"}
+    )
+    within_reach = ma.fields.Boolean()
+    reason = ma.fields.String(metadata={"description": "all of the above in words"})
+
+
+DISTANCE_NOTE = "from the stored (coarsened) origin, to 0.1 km"
+
+
+class MatchSchema(CandidateWhySchema):
     clinic = ma.fields.Nested(ClinicSummarySchema)
     location = ma.fields.Nested(LocationSchema)
-    distance_km = ma.fields.Float()
+    distance_km = ma.fields.Float(metadata={"description": DISTANCE_NOTE})
     distance_mi = ma.fields.Float()
     notes = ma.fields.List(ma.fields.String())
 
 
-class AlternativeSchema(ma.Schema):
+class AlternativeSchema(CandidateWhySchema):
     clinic_id = ma.fields.Integer()
     clinic_name = ma.fields.String(allow_none=True)
+    phone = ma.fields.String(allow_none=True, metadata={"description": "E.164; null: unknown"})
     location_id = ma.fields.Integer()
     city = ma.fields.String(allow_none=True)
     state = ma.fields.String(allow_none=True)
-    distance_km = ma.fields.Float()
+    distance_km = ma.fields.Float(metadata={"description": DISTANCE_NOTE})
+    distance_mi = ma.fields.Float()
+
+
+class ReachSchema(ma.Schema):
+    km = ma.fields.Float()
+    mi = ma.fields.Float()
+    basis = ma.fields.String(
+        metadata={
+            "enum": ["max_distance", "urgency"],
+            "description": "max_distance as asked, or the default for the referral's urgency",
+        }
+    )
 
 
 class HistoryEntrySchema(ma.Schema):
@@ -260,12 +316,30 @@ class ReferralSchema(ma.Schema):
     )
     origin = ma.fields.Nested(ReferralOriginSchema, attribute="referral")
     max_distance_km = ma.fields.Float(attribute="referral.max_distance_km", allow_none=True)
+    reach = ma.fields.Nested(
+        ReachSchema,
+        allow_none=True,
+        metadata={"description": "how far the match looked (null for referrals made before it)"},
+    )
+    notes = ma.fields.List(
+        ma.fields.String(),
+        attribute="referral.match_notes",
+        metadata={"description": "how the match was made, in words (also when nothing matched)"},
+    )
     preferred_clinic_id = ma.fields.Integer(
         attribute="referral.preferred_clinic_id", allow_none=True
     )
-    match = ma.fields.Nested(MatchSchema, allow_none=True)
+    match = ma.fields.Nested(
+        MatchSchema,
+        allow_none=True,
+        metadata={"description": "null while the referral needs routing (status needs_routing)"},
+    )
     alternatives = ma.fields.List(
-        ma.fields.Nested(AlternativeSchema), attribute="referral.alternatives"
+        ma.fields.Nested(AlternativeSchema),
+        attribute="referral.alternatives",
+        metadata={
+            "description": "the next best candidates; with no match, the nearest beyond reach"
+        },
     )
     source = ma.fields.String(attribute="referral.source")
     patient_ref = ma.fields.String(attribute="referral.patient_ref", allow_none=True)
@@ -364,14 +438,40 @@ def _items(items: list[dict[str, Any]], fields: tuple[tuple[str, Any], ...]) -> 
 
 _ESCALATION = (("red_flag", _text), ("escalate_to", _text), ("advice", _text))
 _NEEDED = (("code", _text), ("reason", _text))
+
+
+def _bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _texts(values: Any) -> list[str]:
+    return [str(value) for value in values]
+
+
+# CandidateWhySchema's fields, in its order.
+_WHY = (
+    ("fit", _text),
+    ("preferred", _bool),
+    ("assigned_by", _text),
+    ("specialties_unknown", _texts),
+    ("specialties_not_offered", _texts),
+    ("contactable", _bool),
+    ("accepting_new_patients", _bool),
+    ("within_reach", _bool),
+    ("reason", _text),
+)
 _ALTERNATIVE = (
+    *_WHY,
     ("clinic_id", _int),
     ("clinic_name", _text),
+    ("phone", _text),
     ("location_id", _int),
     ("city", _text),
     ("state", _text),
     ("distance_km", _float),
+    ("distance_mi", _float),
 )
+_REACH = (("km", _float), ("mi", _float), ("basis", _text))
 
 
 def referral_json(detail: dict[str, Any]) -> dict[str, Any]:
@@ -395,10 +495,13 @@ def referral_json(detail: dict[str, Any]) -> dict[str, Any]:
             "lon": _float(referral.origin_lon),
         },
         "max_distance_km": _float(referral.max_distance_km),
+        "reach": None if detail["reach"] is None else _items([detail["reach"]], _REACH)[0],
+        "notes": _texts(referral.match_notes),
         "preferred_clinic_id": _int(referral.preferred_clinic_id),
         "match": None
         if match is None
         else {
+            **_items([match], _WHY)[0],
             "clinic": clinic_summary_json(match["clinic"]),
             "location": location_json(match["location"]),
             "distance_km": _float(match["distance_km"]),

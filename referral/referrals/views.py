@@ -4,12 +4,14 @@ concern vocabulary."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from flask import Response, current_app, g, jsonify, request, stream_with_context, url_for
 from flask.views import MethodView
 from sqlalchemy.orm.exc import StaleDataError
+from sqlmodel import Session
 from werkzeug.routing import BaseConverter
 
 from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
@@ -34,9 +36,11 @@ from referral.referrals.intake import (
     create_referral,
     store_referral,
 )
+from referral.referrals.matching import MatchRules
 from referral.referrals.models import Status, Urgency
 from referral.referrals.schemas import (
     STATUS_CHANGE_BODY,
+    AssignmentSchema,
     ReferralCreateSchema,
     ReferralQueryArgsSchema,
     ReferralSchema,
@@ -84,7 +88,7 @@ def authenticate_first() -> None:
     # Before the body is parsed: an unknown caller learns nothing from validation errors.
     if request.method != "OPTIONS":
         authenticate()
-        if request.method == "POST":
+        if request.method == "POST" and request.endpoint == "referrals.Referrals":
             limit_referral_intake()  # per key, before the body is read; 429 past the limit
 
 
@@ -92,10 +96,15 @@ def authenticate_first() -> None:
 def audit_refusals(response: Response) -> Response:
     """Refusals (401, 403, 422...) are attempts too: record those no view recorded."""
     if response.status_code >= 400 and not g.get("audited"):
-        paths = {"stats": "referral.stats", "export.csv": "referral.export"}
-        action = {"POST": "referral.create", "PATCH": "referral.update"}.get(
-            request.method, paths.get(request.path.rsplit("/", 1)[-1], "referral.read")
-        )
+        paths = {
+            "stats": "referral.stats",
+            "export.csv": "referral.export",
+            "assignment": "referral.assign",
+        }
+        action = paths.get(request.path.rsplit("/", 1)[-1]) or {
+            "POST": "referral.create",
+            "PATCH": "referral.update",
+        }.get(request.method, "referral.read")
         referral_id = (request.view_args or {}).get("referral_id")
         valid = isinstance(referral_id, str) and REFERRAL_ID_RE.fullmatch(referral_id)
         _audit(action, f"refused_{response.status_code}", [referral_id if valid else None])
@@ -251,7 +260,11 @@ class Referrals(MethodView):
         session = get_session()
         try:
             created = create_referral(
-                session, _referral_request(body), source=key.name, source_key_id=key.id
+                session,
+                _referral_request(body),
+                source=key.name,
+                source_key_id=key.id,
+                rules=MatchRules.from_config(current_app.config),
             )
             referral = created.referral
             # Dumped from the objects in hand, before anything is written: after the commit
@@ -339,6 +352,31 @@ def _visible_or_404(referral_id: str, action: str) -> Any:
     return referral
 
 
+def _commit_step(action: str, referral: Any, field: str, step: Callable[[Session], object]) -> None:
+    """Run one lifecycle step and commit it, or answer the problem it raised (audited)."""
+    session = get_session()
+    try:
+        step(session)
+        session.commit()
+    except referral_log.AssignmentError as exc:
+        session.rollback()
+        _audit(action, "rejected", [referral.id])
+        field_error(422, "json", exc.field, exc.reason)
+    except referral_log.ChangeNotAllowedError as exc:
+        session.rollback()
+        _audit(action, "forbidden", [referral.id])
+        field_error(403, "json", field, str(exc))
+    except referral_log.TransitionError as exc:
+        session.rollback()
+        _audit(action, "conflict", [referral.id])
+        field_error(409, "json", field, str(exc))
+    except StaleDataError:
+        session.rollback()
+        _audit(action, "conflict", [referral.id])
+        field_error(409, "json", field, "the referral changed meanwhile; fetch it again")
+    _audit(action, "ok", [referral.id])
+
+
 @referrals_blp.route("/<referral_id:referral_id>")
 class ReferralById(MethodView):
     @referrals_blp.doc(security=BEARER_SECURITY)
@@ -361,26 +399,39 @@ class ReferralById(MethodView):
         key = current_key()
         require_scope(key, *ANY_READER)
         referral = _visible_or_404(referral_id, "referral.update")
-        session = get_session()
-        try:
-            referral_log.change_status(
+        _commit_step(
+            "referral.update",
+            referral,
+            "status",
+            lambda session: referral_log.change_status(
                 session, referral, key, Status(change["status"]), change.get("note")
-            )
-            session.commit()
-        except referral_log.ChangeNotAllowedError as exc:
-            session.rollback()
-            _audit("referral.update", "forbidden", [referral.id])
-            field_error(403, "json", "status", str(exc))
-        except referral_log.TransitionError as exc:
-            session.rollback()
-            _audit("referral.update", "conflict", [referral.id])
-            field_error(409, "json", "status", str(exc))
-        except StaleDataError:
-            session.rollback()
-            _audit("referral.update", "conflict", [referral_id])
-            field_error(409, "json", "status", "the referral changed meanwhile; fetch it again")
-        _audit("referral.update", "ok", [referral.id])
-        return referral_log.detail(session, referral)
+            ),
+        )
+        return referral_log.detail(get_session(), referral)
+
+
+@referrals_blp.route("/<referral_id:referral_id>/assignment")
+class ReferralAssignment(MethodView):
+    @referrals_blp.doc(security=BEARER_SECURITY)
+    @referrals_blp.arguments(AssignmentSchema)
+    @referrals_blp.response(200, ReferralSchema)
+    @problems(referrals_blp, 400, 401, 403, 404, 409)
+    def post(self, body: dict[str, Any], referral_id: str) -> Any:
+        """Route a referral to a location by hand (admin): one that needs routing (nothing
+        was within reach) or one its clinic has not answered yet. It becomes `created` for
+        that clinic, with the distance and why, and a history line."""
+        key = current_key()
+        require_scope(key, SCOPE_ADMIN)
+        referral = _visible_or_404(referral_id, "referral.assign")
+        _commit_step(
+            "referral.assign",
+            referral,
+            "location_id",
+            lambda session: referral_log.assign_location(
+                session, referral, key, body["location_id"], body.get("note")
+            ),
+        )
+        return referral_log.detail(get_session(), referral)
 
 
 @referrals_blp.route("/stats")

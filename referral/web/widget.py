@@ -16,7 +16,15 @@ STATIC = Path(__file__).parent / "static"
 # Not fingerprinted, so keep browser copies short-lived; ETags make revalidation cheap.
 ASSET_MAX_AGE_SECONDS = 300
 # What /embed passes on to the finder, with the API's own length limits.
-EMBED_PARAMS = {"q": 300, "zip": 10, "specialty": 40, "unit": 2, "radius": 10, "limit": 2}
+EMBED_PARAMS = {
+    "q": 300,
+    "zip": 10,
+    "specialty": 40,
+    "unit": 2,
+    "radius": 10,
+    "limit": 2,
+    "include_possible": 5,  # "false" lists only clinics on record for the specialty
+}
 EMBED_CSP = "; ".join(
     (
         "default-src 'none'",
@@ -57,7 +65,8 @@ def widget_css() -> Response:
 
 @widget_blp.get("/embed")
 def embed() -> Response:
-    """The finder as a full page; ?q=, ?zip= start a search at once."""
+    """The finder as a full page; ?q=, ?zip= start a search at once; ?include_possible=false
+    lists only clinics on record as offering the specialty."""
     start: dict[str, str] = {}
     for name, limit in EMBED_PARAMS.items():
         value = request.args.get(name, "").strip()

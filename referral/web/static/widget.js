@@ -7,7 +7,10 @@
  * Every element with data-clinic-finder becomes a finder. Options are read from the element
  * first, then from the script tag: data-specialty, data-unit (mi|km), data-radius (a number,
  * or "any"), data-limit, data-directions (google|apple|osm), data-query / data-zip (search at
- * once), data-api-base (defaults to where this script came from).
+ * once), data-api-base (defaults to where this script came from), data-include-possible
+ * (true|false, default true: a specialty search also lists clinics whose record does not say
+ * whether they offer it, marked "specialty not on record" on their card; "false" lists only
+ * clinics on record as offering it).
  *
  * Plain JavaScript, no dependencies, no third-party requests. The finder renders into a
  * shadow root so the host page's CSS cannot break it; it is themed through CSS custom
@@ -22,6 +25,7 @@
   var ZIP_RE = /^\d{5}(-\d{4})?$/;
   var COORDS_RE = /^\s*(-?\d{1,2}(?:\.\d+)?)\s*,\s*(-?\d{1,3}(?:\.\d+)?)\s*$/;
   var specialtiesByBase = {};
+  var OFF = ["false", "no", "off", "0"];
 
   var TEMPLATE =
     '<section class="cf" aria-label="Find a physical therapy clinic">' +
@@ -141,6 +145,8 @@
     this.unit = option(host, "unit", "mi") === "km" ? "km" : "mi";
     this.limit = Math.max(1, Math.min(50, parseInt(option(host, "limit", "10"), 10) || 10));
     this.directions = option(host, "directions", "google");
+    var possible = String(option(host, "include-possible", "true")).toLowerCase();
+    this.includePossible = OFF.indexOf(possible) < 0;
     this.sequence = 0;
     this.controller = null;
     this.lastOrigin = null;
@@ -265,14 +271,22 @@
     return (this.labels && this.labels[code]) || code.replace(/_/g, " ");
   };
 
+  // Asked for, and the clinic's record says neither yes nor no: in words, not colour alone.
+  Finder.prototype.possibleText = function (codes) {
+    var labels = codes.map(this.label, this).join(", ");
+    return labels + (codes.length === 1 ? ": specialty not on record" : ": specialties not on record");
+  };
+
   Finder.prototype.relabel = function () {
     var self = this;
-    var nodes = this.root.querySelectorAll(".cf-specialties");
+    var nodes = this.root.querySelectorAll(".cf-specialties, .cf-possible");
     Array.prototype.forEach.call(nodes, function (node) {
       var codes = (node.getAttribute("data-codes") || "").split(" ").filter(Boolean);
-      node.textContent = codes.map(function (code) {
-        return self.label(code);
-      }).join(" · ");
+      node.textContent = node.classList.contains("cf-possible")
+        ? self.possibleText(codes)
+        : codes.map(function (code) {
+            return self.label(code);
+          }).join(" · ");
     });
   };
 
@@ -351,7 +365,10 @@
     ["zip", "lat", "lon", "address"].forEach(function (name) {
       if (origin[name] !== undefined) params.set(name, origin[name]);
     });
-    if (this.specialty.value) params.set("specialty", this.specialty.value);
+    if (this.specialty.value) {
+      params.set("specialty", this.specialty.value);
+      if (this.includePossible) params.set("include_possible", "true");
+    }
     if (this.radius.value !== "any") params.set("radius", this.radius.value);
     params.set("unit", this.unit);
     params.set("limit", String(this.limit));
@@ -404,30 +421,71 @@
     var where = origin.description === "your location"
       ? "your location"
       : (body.origin && body.origin.label) || origin.description;
-    var specialty = this.specialty.value ? " for " + this.label(this.specialty.value) : "";
+    var asked = this.specialty.value ? this.label(this.specialty.value) : null;
+    var specialty = asked ? " for " + asked : "";
     var radius = body.radius ? body.radius.value + " " + unitWord(unit, body.radius.value) : null;
     var list = this.results;
+    var possible = 0;
     body.results.forEach(function (hit) {
+      if (hit.specialty_match === "possible") possible += 1;
       list.appendChild(this.item(hit));
     }, this);
 
-    if (body.results.length) {
-      var count = body.results.length === 1 ? "1 clinic" : body.results.length + " clinics";
-      this.status.textContent = radius
-        ? count + specialty + " within " + radius + " of " + where + ", nearest first."
-        : count + specialty + " nearest to " + where + ".";
+    var total = body.results.length;
+    if (total) {
+      var count = total === 1 ? "1 clinic" : total + " clinics";
+      var scope = radius ? " within " + radius + " of " + where : " nearest to " + where;
+      var order = radius ? ", nearest first" : "";
+      if (!possible) {
+        this.status.textContent = count + specialty + scope + order + ".";
+      } else if (possible < total) {
+        var onRecord = total - possible;
+        this.status.textContent =
+          count + specialty + scope + order + "; " + onRecord +
+          (onRecord === 1 ? " is" : " are") + " on record as offering it, " + possible +
+          " may offer it (not on record).";
+      } else if (radius) {
+        // Nothing confirmed: say so before listing the clinics that might.
+        this.status.textContent =
+          "No clinic" + scope + " is on record as offering " + asked + "; " + possible +
+          " there may offer it (not on record), nearest first.";
+      } else {
+        this.status.textContent = total === 1
+          ? "The clinic" + scope + " may offer " + asked + " (not on record)."
+          : "The " + count + scope + " may offer " + asked +
+            " (not on record); none of them is on record as offering it.";
+      }
+      this.status.textContent += this.leftOut(body);
       return;
     }
     var outside = body.nearest_outside_radius;
     if (outside) {
+      var nearest = outside.specialty_match === "possible"
+        ? " The nearest that may offer it (not on record) is "
+        : " The nearest is ";
       this.status.textContent =
-        "No clinics" + specialty + " within " + radius + " of " + where + ". The nearest is " +
-        distanceText(outside, unit) + " away.";
+        "No clinics" + specialty + " within " + radius + " of " + where + "." + nearest +
+        distanceText(outside, unit) + " away." + this.leftOut(body);
       this.outsideList.appendChild(this.item(outside));
       this.outside.hidden = false;
       return;
     }
-    this.status.textContent = "No clinics" + specialty + " found near " + where + ".";
+    this.status.textContent =
+      "No clinics" + specialty + " found near " + where + "." + this.leftOut(body);
+  };
+
+  // With data-include-possible="false": how many clinics were left out for not being on record.
+  Finder.prototype.leftOut = function (body) {
+    var unknown = (body.excluded_unknown && body.excluded_unknown.specialty) || 0;
+    if (!unknown || !this.specialty.value) return "";
+    var radius = body.radius
+      ? " within " + body.radius.value + " " + unitWord(this.unit, body.radius.value)
+      : "";
+    return (
+      " " + (unknown === 1 ? "1 clinic location" : unknown + " clinic locations") + radius +
+      " not on record for " +
+      this.label(this.specialty.value) + (unknown === 1 ? " is" : " are") + " not shown."
+    );
   };
 
   Finder.prototype.item = function (hit) {
@@ -450,6 +508,12 @@
       specialties.setAttribute("data-codes", clinic.specialties.join(" "));
       specialties.textContent = clinic.specialties.map(this.label, this).join(" · ");
       item.appendChild(specialties);
+    }
+    var unknown = hit.specialty_match === "possible" ? hit.specialties_unknown || [] : [];
+    if (unknown.length) {
+      var mark = el("p", "cf-possible", this.possibleText(unknown));
+      mark.setAttribute("data-codes", unknown.join(" "));
+      item.appendChild(mark);
     }
     var links = el("p", "cf-links");
     if (clinic.phone) {
