@@ -1279,9 +1279,10 @@ def _apply_import(
     source: str | None,
     progress: Progress | None,
 ) -> int:
-    # Bulk statements bypass the ORM's flush hook: mark the directory changed ourselves. It
-    # comes first: on SQLite it takes the write lock that _new_ids counts on.
-    bump_revision(session)
+    # Bulk statements bypass the ORM's flush hook: mark the directory changed ourselves, and
+    # stamp every row written with the revision. It comes first: on SQLite it takes the write
+    # lock that _new_ids counts on.
+    revision = bump_revision(session)
     now = utcnow()
     changes: list[tuple[Any, ...]] = []  # _CHANGE_NEW
     created: dict[str, Any] = {
@@ -1291,6 +1292,7 @@ def _apply_import(
         "created_at": now,
         "updated_at": now,
         "version": 1,
+        "revision": revision,
     }
 
     # Clinics: new ones (their ids are needed for their locations), then changed ones.
@@ -1329,7 +1331,7 @@ def _apply_import(
     _update_versioned(
         session,
         clinic_table,
-        ("name", "website", "updated_at"),
+        ("name", "website", "updated_at", "revision"),
         [
             {
                 "b_id": clinic.id,
@@ -1337,6 +1339,7 @@ def _apply_import(
                 "b_name": clinic.name,
                 "b_website": clinic.website,
                 "b_updated_at": now,
+                "b_revision": revision,
             }
             for clinic in changed_clinics
         ],
@@ -1380,13 +1383,14 @@ def _apply_import(
     _update_versioned(
         session,
         location_table,
-        (*moved, "updated_at"),
+        (*moved, "updated_at", "revision"),
         [
             {
                 "b_id": location.id,
                 "b_version": location.version,
                 **{f"b_{name}": location.values[name] for name in moved},
                 "b_updated_at": now,
+                "b_revision": revision,
             }
             for location in changed_locations
         ],

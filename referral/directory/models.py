@@ -75,6 +75,9 @@ class Clinic(ClinicBase, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     # Optimistic locking: an UPDATE that finds another version fails (two admins, one row).
     version: int = Field(default=1)
+    # The directory revision of the transaction that last changed it (or its specialties):
+    # read models fetch only what changed since the revision they hold (revision.py).
+    revision: int = Field(default=0, index=True)
 
     @declared_attr.directive
     def __mapper_args__(cls) -> dict[str, Any]:
@@ -140,6 +143,7 @@ class Location(LocationBase, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     version: int = Field(default=1)
+    revision: int = Field(default=0, index=True)  # as Clinic.revision
 
     @declared_attr.directive
     def __mapper_args__(cls) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 clinics, locations or clinic specialties, so a worker can tell with one primary-key read
 whether its in-memory nearest index (referral/directory/spatial_index.py) is current.
 
-ORM writes bump it by themselves (a ``before_flush`` listener on every Session); bulk Core
-writes (the importer) call ``bump_revision`` explicitly. The bump takes the row's lock before
-the transaction's first directory write, so concurrent editors are serialized on it in one
-order (no deadlock between them) and revisions become visible in commit order.
+ORM writes bump it by themselves (a ``before_flush`` listener on every Session), and stamp
+each clinic and location they write (a clinic also when its specialties change) with the new
+revision, so a read model can fetch only what changed since the revision it holds; bulk Core
+writes (the importer) call ``bump_revision`` and stamp their rows with what it returns. The
+bump takes the row's lock before the transaction's first directory write, so concurrent
+editors are serialized on it in one order (no deadlock between them) and revisions become
+visible in commit order.
 
 No ``from __future__ import annotations`` here: SQLModel reads the annotations at runtime.
 """
@@ -66,15 +69,18 @@ def read_revision(connection: Connection | OrmSession) -> int:
     return int(value or 0)
 
 
-def bump_revision(session: OrmSession) -> None:
-    """Mark the directory changed in ``session``'s transaction. Called on every directory
-    flush, not once per transaction: a bump rolled back with a savepoint is then redone by
-    the next flush, and the row's lock is held from the first one anyway."""
+def bump_revision(session: OrmSession) -> int:
+    """Mark the directory changed in ``session``'s transaction; the new revision, which the
+    rows written now carry. Called on every directory flush, not once per transaction: a
+    bump rolled back with a savepoint is then redone by the next flush, and the row's lock is
+    held from the first one anyway."""
     connection = session.connection()
     bumped = connection.execute(_BUMP).scalar_one_or_none()
     if bumped is None:
         connection.execute(_table.insert().values(id=REVISION_ROW, revision=1))
+        bumped = 1
     session.info[_BUMPED_KEY] = True
+    return int(bumped)
 
 
 def _touches_directory(session: OrmSession) -> bool:
@@ -89,7 +95,20 @@ def _bump_on_directory_flush(
     session: OrmSession, _context: UOWTransaction, _instances: Any
 ) -> None:
     if _touches_directory(session):
-        bump_revision(session)
+        _stamp(session, bump_revision(session))
+
+
+def _stamp(session: OrmSession, revision: int) -> None:
+    """Every clinic and location being written carries ``revision``; so does the clinic of
+    every specialty link being written (its evidence is part of the clinic)."""
+    with session.no_autoflush:
+        for instance in itertools.chain(session.new, session.dirty, session.deleted):
+            if isinstance(instance, Clinic | Location):
+                instance.revision = revision
+            elif isinstance(instance, ClinicSpecialty):
+                clinic = session.get(Clinic, instance.clinic_id)
+                if clinic is not None:
+                    clinic.revision = revision
 
 
 @event.listens_for(OrmSession, "after_commit")
