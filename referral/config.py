@@ -44,6 +44,9 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "DATABASE_URL": f"sqlite:///{Path(instance_path) / 'referral.db'}",
         "DATABASE_ECHO": False,
         "SQLITE_BUSY_TIMEOUT_MS": 5000,
+        # No database statement runs longer than this: a request that would is answered 503
+        # (bounded work: docs/performance.md). 0 lifts it (commands set their own).
+        "DATABASE_STATEMENT_TIMEOUT_MS": 10000,
         "SEED_DATA_DIR": str(REPO_ROOT / "seed_data"),
         # Where the gazetteer's compact index is cached (built once from zipcodes); None: the
         # instance folder.

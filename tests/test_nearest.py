@@ -400,38 +400,32 @@ def test_edits_bump_the_directory_revision_and_reads_do_not(app, client, editor)
     assert read_revision_of(app) > start
 
 
-def _raw(app, statement: str, **params) -> None:
-    """A change the index is not told about (no revision bump): as if made while it rebuilt."""
+def _elsewhere(app, statement: str, **params) -> None:
+    """A directory change committed by another process, as its ORM would: the revision
+    bumped, the changed row stamped with it; this process is not told."""
     from sqlalchemy import text
 
     from referral.db import get_database
 
     with get_database(app).engine.begin() as connection:
-        connection.execute(text(statement), params)
+        connection.execute(text("UPDATE directory_revision SET revision = revision + 1"))
+        revision = connection.execute(text("SELECT revision FROM directory_revision")).scalar()
+        connection.execute(text(statement), {**params, "revision": revision})
 
 
-def test_rows_are_checked_again_while_the_index_is_stale(app, client):
-    first = client.get("/v1/locations/nearest?zip=78201&limit=3").get_json()["results"]
-    gone, moved = first[0]["location"]["id"], first[1]["location"]["id"]
-    _raw(app, "UPDATE location SET active = false WHERE id = :id", id=gone)
-    _raw(app, "UPDATE location SET lat = 29.0, lon = -98.0 WHERE id = :id", id=moved)
-    body = client.get("/v1/locations/nearest?zip=78201&limit=3").get_json()
-    ids = [hit["location"]["id"] for hit in body["results"]]
-    assert gone not in ids
-    origin = body["origin"]
-    for hit in body["results"]:
-        location = hit["location"]
-        exact = Geodesic.WGS84.Inverse(
-            origin["lat"], origin["lon"], location["lat"], location["lon"]
-        )
-        assert hit["distance_km"] == pytest.approx(exact["s12"] / 1000, abs=0.001)
-    distances = [hit["distance_km"] for hit in body["results"]]
-    assert distances == sorted(distances)
+def _eventually(check, seconds: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not seen within the bound"
+        time.sleep(0.02)
 
 
-def test_a_worker_that_did_not_edit_sees_the_change_when_it_checks(database_url):
-    """Two apps on one database stand for two workers: a change made elsewhere (a bumped
-    revision, no local commit) is seen once the check interval allows, not before."""
+def test_a_change_made_elsewhere_is_seen_within_the_check_interval(database_url):
+    """Two apps on one database stand for two workers: a change made elsewhere is seen once
+    the check interval allows (the read model refreshes off the request thread), not before."""
+    from referral.db import get_database
     from tests.conftest import build_app
 
     patient = build_app(database_url, NEAREST_INDEX_CHECK_SECONDS=3600)
@@ -442,31 +436,79 @@ def test_a_worker_that_did_not_edit_sees_the_change_when_it_checks(database_url)
         for worker in (patient, eager):
             first = worker.test_client().get(query).get_json()["results"][0]
             assert first["location"]["id"] != farthest["location"]["id"]
-        _raw(patient, "UPDATE location SET lat = 47.0, lon = -120.0, city = 'Nowhere' "
-             "WHERE id = :id", id=farthest["location"]["id"])  # fmt: skip
-        _raw(patient, "UPDATE directory_revision SET revision = revision + 1")
-        answer = eager.test_client().get(query).get_json()["results"][0]
-        assert answer["location"]["city"] == "Nowhere"
-        # The patient worker still answers from its index (the row it shows is current, though).
+        _elsewhere(
+            patient,
+            "UPDATE location SET lat = 47.0, lon = -120.0, city = 'Nowhere', "
+            "revision = :revision WHERE id = :id",
+            id=farthest["location"]["id"],
+        )
+
+        def moved() -> bool:
+            answer = eager.test_client().get(query).get_json()["results"][0]
+            return bool(answer["location"]["city"] == "Nowhere")
+
+        _eventually(moved)
+        # What it shows is one snapshot's: the moved location at its new place and distance.
+        hit = eager.test_client().get(query).get_json()["results"][0]
+        assert hit["location"]["lat"] == 47.0 and hit["distance_km"] == 0.0
+        # The patient worker still answers from its snapshot, whole: the old place.
         stale = patient.test_client().get(query).get_json()["results"][0]
         assert stale["location"]["city"] != "Nowhere"
     finally:
-        from referral.db import get_database
-
         for worker in (patient, eager):
             get_database(worker).dispose()
 
 
-def test_warm_index_builds_it_before_any_query(app):
+def test_no_request_waits_for_a_refresh(database_url, monkeypatch):
+    """While a refresh is under way (held here), requests answer from the snapshot they
+    have; the new one is swapped in when it is ready."""
+    import threading
+
     from referral.db import get_database
-    from referral.directory.nearest import _holder, warm_index
+    from referral.directory import readmodel
+    from tests.conftest import build_app
+
+    app = build_app(database_url, NEAREST_INDEX_CHECK_SECONDS=0)
+    client = app.test_client()
+    try:
+        query = "/v1/locations/nearest?lat=-45.0&lon=170.0&limit=1"
+        farthest = client.get(f"{query[:-1]}50").get_json()["results"][-1]["location"]["id"]
+        release, started = threading.Event(), threading.Event()
+        refreshed = readmodel._refreshed
+
+        def held(engine, old):
+            started.set()
+            assert release.wait(20)
+            return refreshed(engine, old)
+
+        monkeypatch.setattr(readmodel, "_refreshed", held)
+        _elsewhere(app, "UPDATE location SET lat = -45.0, lon = 170.0, revision = :revision "
+                   "WHERE id = :id", id=farthest)  # fmt: skip
+        first = client.get(query).get_json()["results"][0]["location"]["id"]
+        assert started.wait(10)
+        # The refresh is held: answers keep coming, from the previous snapshot.
+        for _ in range(3):
+            assert client.get(query).get_json()["results"][0]["location"]["id"] == first
+        assert first != farthest
+        release.set()
+        _eventually(
+            lambda: client.get(query).get_json()["results"][0]["location"]["id"] == farthest
+        )
+    finally:
+        get_database(app).dispose()
+
+
+def test_warm_read_model_builds_it_before_any_query(app):
+    from referral.db import get_database
+    from referral.directory.readmodel import _model, warm_read_model
 
     engine = get_database(app).engine
-    assert _holder(engine).index is None
-    warm_index(app)
-    index = _holder(engine).index
-    assert index is not None and index.size == len(stored_locations(app))
-    assert index.revision == read_revision_of(app)
+    assert _model(engine).snapshot is None
+    warm_read_model(app)
+    snapshot = _model(engine).snapshot
+    assert snapshot is not None
+    assert int(snapshot.locations.alive.sum()) == len(stored_locations(app))
+    assert snapshot.revision == read_revision_of(app)
 
 
 @pytest.fixture
@@ -544,6 +586,8 @@ def test_agrees_with_brute_force_after_random_edits(
 
 def test_a_revision_that_goes_back_still_rebuilds(database_url):
     """A database restored from a backup may count from a lower revision: still a change."""
+    from sqlalchemy import text
+
     from referral.db import get_database
     from tests.conftest import build_app
 
@@ -552,10 +596,14 @@ def test_a_revision_that_goes_back_still_rebuilds(database_url):
         client = app.test_client()
         query = "/v1/locations/nearest?lat=-45.0&lon=170.0&limit=1"
         farthest = client.get(f"{query[:-1]}50").get_json()["results"][-1]["location"]["id"]
-        _raw(app, "UPDATE directory_revision SET revision = revision + 5")
-        assert client.get(query).get_json()["results"][0]["location"]["id"] != farthest
-        _raw(app, "UPDATE location SET lat = -45.0, lon = 170.0 WHERE id = :id", id=farthest)
-        _raw(app, "UPDATE directory_revision SET revision = revision - 3")
-        assert client.get(query).get_json()["results"][0]["location"]["id"] == farthest
+        with get_database(app).engine.begin() as connection:
+            connection.execute(text("UPDATE directory_revision SET revision = revision - 3"))
+            connection.execute(
+                text("UPDATE location SET lat = -45.0, lon = 170.0 WHERE id = :id"),
+                {"id": farthest},
+            )
+        _eventually(
+            lambda: client.get(query).get_json()["results"][0]["location"]["id"] == farthest
+        )
     finally:
         get_database(app).dispose()

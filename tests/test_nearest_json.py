@@ -13,10 +13,13 @@ from sqlmodel import select
 
 from referral.db import get_session, session_scope
 from referral.directory import views
+from referral.directory.listing import find_clinic
 from referral.directory.models import Clinic, Location
 from referral.directory.nearest import find_nearest
-from referral.directory.records import read_locations
+from referral.directory.readmodel import current_snapshot
+from referral.directory.records import location_record
 from referral.directory.schemas import (
+    ClinicSchema,
     ClinicSummarySchema,
     LocationSchema,
     NearestResponseSchema,
@@ -66,12 +69,19 @@ def odd_directory(app):
 def test_records_dump_as_the_schemas_dump_the_rows(odd_directory):
     with odd_directory.app_context():
         session = get_session()
-        rows = session.exec(select(Location)).all()
+        snapshot = current_snapshot(session)
+        rows = [
+            row for row in session.exec(select(Location)).all() if row.active and row.clinic.active
+        ]
         assert len(rows) > 30
-        records = read_locations(session.connection(), [row.id for row in rows])
-        assert set(records) == {row.id for row in rows}
+        assert {int(i) for i in snapshot.locations.id[snapshot.locations.alive]} == {
+            row.id for row in rows
+        }
         for row in rows:
-            record = records[row.id]
+            assert row.id is not None
+            found = snapshot.location_rows.get(row.id)
+            assert found is not None
+            record = location_record(snapshot, found)
             expected = LocationSchema().dump(row)
             assert location_json(record) == expected
             assert location_json(row) == expected
@@ -80,10 +90,20 @@ def test_records_dump_as_the_schemas_dump_the_rows(odd_directory):
             assert clinic_summary_json(row.clinic) == expected_clinic
 
 
-def test_records_of_unknown_ids_are_absent(app):
-    with app.app_context():
-        assert read_locations(get_session().connection(), [10**9, -1]) == {}
-        assert read_locations(get_session().connection(), []) == {}
+def test_a_clinic_from_the_read_model_dumps_as_its_row(odd_directory):
+    # The public clinic JSON (and so its ETag, which a PATCH checks) is the same whether it
+    # comes from the read model or from the database.
+    with odd_directory.app_context():
+        session = get_session()
+        snapshot = current_snapshot(session)
+        clinics = session.exec(select(Clinic).where(Clinic.active)).all()
+        assert len(clinics) > 25
+        for clinic in clinics:
+            assert clinic.id is not None
+            view = find_clinic(snapshot, clinic.id)
+            assert view is not None
+            assert ClinicSchema().dump(view) == ClinicSchema().dump(clinic)
+        assert find_clinic(snapshot, 10**9) is None
 
 
 @pytest.mark.parametrize(

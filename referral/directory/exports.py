@@ -1,5 +1,5 @@
 """The active directory as files (public): ``GET /v1/clinics.csv`` and
-``GET /v1/locations.geojson``, streamed row by row.
+``GET /v1/locations.geojson``, streamed row by row from the read model (readmodel.py).
 
 The CSV has the import's columns, so an export imported again changes nothing: a clinic's
 specialties are split as on record, offered (``specialties``) and known not offered
@@ -11,7 +11,6 @@ the GeoJSON has every active located location, named or not.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
@@ -20,13 +19,12 @@ from typing import Any
 
 from flask import Response, request, stream_with_context
 from flask.views import MethodView
-from sqlalchemy import Select, func, select
-from sqlmodel import Session, col
 
 from referral.admin.imports import COLUMNS, FORMULA_PREFIXES, SPECIALTY_SEPARATOR
-from referral.db import get_session
-from referral.directory.evidence import evidence_by_clinic
-from referral.directory.models import Clinic, ClinicSpecialty, Location
+from referral.directory.listing import export_rows
+from referral.directory.readmodel import current_snapshot
+from referral.directory.records import location_record
+from referral.directory.snapshot import Snapshot
 from referral.web.api import Blueprint
 
 exports_blp = Blueprint(
@@ -48,58 +46,11 @@ def defuse(text: str) -> str:
     return text
 
 
-def _active_locations(*, named_only: bool, located_only: bool) -> Select[*tuple[Any, ...]]:
-    conditions = [col(Clinic.active).is_(True), col(Location.active).is_(True)]
-    if named_only:
-        conditions.append(col(Clinic.name).is_not(None))
-    if located_only:
-        conditions += [col(Location.lat).is_not(None), col(Location.lon).is_not(None)]
-    return (
-        select(
-            col(Clinic.id).label("clinic_id"), col(Clinic.name), col(Clinic.phone),
-            col(Clinic.website), col(Location.id).label("location_id"),
-            col(Location.address_line1), col(Location.city), col(Location.state),
-            col(Location.zip), col(Location.lat), col(Location.lon),
-            col(Location.geocode_precision),
-        )
-        .join(Location, col(Location.clinic_id) == col(Clinic.id))
-        .where(*conditions)
-        .order_by(col(Clinic.name), col(Clinic.id), col(Location.id))
-        .execution_options(yield_per=_STREAM_ROWS)
-    )  # fmt: skip
-
-
-def directory_fingerprint(session: Session) -> str:
-    """Changes whenever a clinic, location or specialty link is added or changed (every
-    write bumps a clinic's or location's version; links have none, so they count by kind,
-    and a link moving between offered and not offered moves the counts): a cheap ETag for the
-    exports."""
-    parts: list[Any] = []
-    for model in (Clinic, Location):
-        parts.extend(
-            session.execute(
-                select(
-                    func.count(),
-                    func.coalesce(func.sum(col(model.version)), 0),
-                    func.max(col(model.updated_at)),
-                    func.max(col(model.id)),
-                ).select_from(model)
-            ).one()
-        )
-    parts.extend(
-        session.execute(
-            select(col(ClinicSpecialty.offered), func.count())
-            .group_by(col(ClinicSpecialty.offered))
-            .order_by(col(ClinicSpecialty.offered))
-        ).all()
-    )
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
-
-
-def _streamed(chunks: Iterator[str], kind: str, **options: Any) -> Response:
-    """A streamed answer with a weak ETag; 304 when If-None-Match has it. (werkzeug's
-    make_conditional would read the whole stream to set Content-Length.)"""
-    etag = f"{kind}-{directory_fingerprint(get_session())}"
+def _streamed(chunks: Iterator[str], kind: str, revision: int, **options: Any) -> Response:
+    """A streamed answer with a weak ETag (the snapshot's directory revision: every change
+    bumps it); 304 when If-None-Match has it. (werkzeug's make_conditional would read the
+    whole stream to set Content-Length.)"""
+    etag = f"{kind}-r{revision}"
     if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
     else:
@@ -114,22 +65,20 @@ def _cell(value: Any) -> str:
     return defuse(str(value))
 
 
-def csv_lines(session: Session) -> Iterator[str]:
+def csv_lines(snapshot: Snapshot) -> Iterator[str]:
     """The export CSV, a few rows at a time."""
-    offered, lacking = evidence_by_clinic(session)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(COLUMNS)
-    for count, row in enumerate(
-        session.execute(_active_locations(named_only=True, located_only=False)), start=1
-    ):
+    for count, (clinic, row) in enumerate(export_rows(snapshot, named_only=True), start=1):
+        location = location_record(snapshot, row)
         writer.writerow(
             _cell(value)
             for value in (
-                row.name, row.phone, row.website, row.address_line1, row.city, row.state,
-                row.zip, row.lat, row.lon,
-                SPECIALTY_SEPARATOR.join(offered.get(row.clinic_id, [])),
-                SPECIALTY_SEPARATOR.join(lacking.get(row.clinic_id, [])),
+                clinic.name, clinic.phone, clinic.website, location.address_line1,
+                location.city, location.state, location.zip, location.lat, location.lon,
+                SPECIALTY_SEPARATOR.join(clinic.specialty_codes),
+                SPECIALTY_SEPARATOR.join(clinic.not_offered_codes),
             )
         )  # fmt: skip
         if count % _STREAM_ROWS == 0:
@@ -139,29 +88,31 @@ def csv_lines(session: Session) -> Iterator[str]:
     yield buffer.getvalue()
 
 
-def geojson_chunks(session: Session) -> Iterator[str]:
+def geojson_chunks(snapshot: Snapshot) -> Iterator[str]:
     """The export GeoJSON FeatureCollection, a feature at a time."""
-    offered, lacking = evidence_by_clinic(session)
     yield '{"type": "FeatureCollection", "features": ['
     separator = ""
-    for row in session.execute(_active_locations(named_only=False, located_only=True)):
+    for clinic, row in export_rows(snapshot, named_only=False):
+        location = location_record(snapshot, row)
+        if location.lat is None or location.lon is None:
+            continue
         feature = {
             "type": "Feature",
-            "id": row.location_id,
-            "geometry": {"type": "Point", "coordinates": [row.lon, row.lat]},
+            "id": location.id,
+            "geometry": {"type": "Point", "coordinates": [location.lon, location.lat]},
             "properties": {
-                "location_id": row.location_id,
-                "clinic_id": row.clinic_id,
-                "clinic_name": row.name,
-                "phone": row.phone,
-                "website": row.website,
-                "address": row.address_line1,
-                "city": row.city,
-                "state": row.state,
-                "zip": row.zip,
-                "specialties": offered.get(row.clinic_id, []),
-                "specialties_not_offered": lacking.get(row.clinic_id, []),
-                "precision": row.geocode_precision,
+                "location_id": location.id,
+                "clinic_id": clinic.id,
+                "clinic_name": clinic.name,
+                "phone": clinic.phone,
+                "website": clinic.website,
+                "address": location.address_line1,
+                "city": location.city,
+                "state": location.state,
+                "zip": location.zip,
+                "specialties": clinic.specialty_codes,
+                "specialties_not_offered": clinic.not_offered_codes,
+                "precision": location.geocode_precision,
             },
         }
         yield separator + json.dumps(feature, ensure_ascii=False)
@@ -186,9 +137,11 @@ class ClinicsCsv(MethodView):
         """The active directory as CSV, one row per active location, with the import's
         columns (an export imported again changes nothing). Clinics whose name is unknown
         are left out. Cells a spreadsheet would run as formulas start with `'`."""
+        snapshot = current_snapshot()
         return _streamed(
-            csv_lines(get_session()),
+            csv_lines(snapshot),
             "csv",
+            snapshot.revision,
             mimetype="text/csv",  # werkzeug adds charset=utf-8
             headers={"Content-Disposition": 'attachment; filename="clinics.csv"'},
         )
@@ -201,7 +154,10 @@ class LocationsGeoJson(MethodView):
         """Every active location with coordinates as a GeoJSON FeatureCollection (RFC 7946),
         with its clinic's name, phone and specialties (offered, and known not offered) and the
         geocode precision."""
-        return _streamed(geojson_chunks(get_session()), "geojson", mimetype="application/geo+json")
+        snapshot = current_snapshot()
+        return _streamed(
+            geojson_chunks(snapshot), "geojson", snapshot.revision, mimetype="application/geo+json"
+        )
 
 
 __all__ = ["csv_lines", "defuse", "exports_blp", "geojson_chunks"]

@@ -1,21 +1,15 @@
-"""Locations as read for an answer: plain, immutable records, two Core queries, no ORM.
-
-Nearest search reads the rows of its best candidates in every request (so what it shows is
-never older than the database). Loading them as ORM objects (identity map, relationship
-loaders, change tracking) cost more than the search itself; these records carry exactly the
-columns an answer shows or a filter checks, and nothing can write them back.
-"""
+"""Locations and clinics as answers show them: plain, immutable records, made from a
+snapshot's columns (snapshot.py) for the few rows an answer holds, never from the ORM."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, select
+import numpy as np
 
-from referral.directory.models import Clinic, ClinicSpecialty, Location
+from referral.directory.snapshot import Snapshot, from_micros
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,70 +50,58 @@ class LocationRecord:
     clinic: ClinicRecord
 
 
-def _table(model: type[Any]) -> Table:
-    table: Table = model.__table__
-    return table
+def _fact(code: int) -> bool | None:
+    return None if code < 0 else bool(code)
 
 
-_LOCATION = _table(Location)
-_CLINIC = _table(Clinic)
-_CLINIC_SPECIALTY = _table(ClinicSpecialty)
-# LocationRecord's fields but the last (the clinic), each a location column of that name.
-_LOCATION_COLUMNS = [_LOCATION.c[name] for name in LocationRecord.__slots__[:-1]]
-_CLINIC_COLUMNS = [
-    _CLINIC.c.id,
-    _CLINIC.c.active,
-    _CLINIC.c.name,
-    _CLINIC.c.phone,
-    _CLINIC.c.website,
-    _CLINIC.c.needs_review,
-]
-# Built once, with the ids as an expanding parameter: the statement's cache key is then
-# computed once, not per request.
-_ROWS = (
-    select(*_LOCATION_COLUMNS, *_CLINIC_COLUMNS)
-    .join_from(_LOCATION, _CLINIC, _CLINIC.c.id == _LOCATION.c.clinic_id)
-    .where(_LOCATION.c.id.in_(bindparam("ids", expanding=True)))
-)
-# Ordered by the database, as the ORM's Clinic.specialty_links are (collations differ).
-_SPECIALTIES = (
-    select(
-        _CLINIC_SPECIALTY.c.clinic_id,
-        _CLINIC_SPECIALTY.c.specialty_code,
-        _CLINIC_SPECIALTY.c.offered,
+def _coordinate(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def clinic_record(snapshot: Snapshot, row: int) -> ClinicRecord:
+    clinics = snapshot.clinics
+    links = clinics.evidence[row]
+    return ClinicRecord(
+        id=int(clinics.id[row]),
+        active=bool(clinics.alive[row]),
+        name=clinics.name[row],
+        phone=clinics.phone[row],
+        website=clinics.website[row],
+        needs_review=bool(clinics.needs_review[row]),
+        specialty_codes=tuple(code for code, offered, _, _ in links if offered),
+        not_offered_codes=tuple(code for code, offered, _, _ in links if not offered),
     )
-    .where(_CLINIC_SPECIALTY.c.clinic_id.in_(bindparam("ids", expanding=True)))
-    .order_by(_CLINIC_SPECIALTY.c.clinic_id, _CLINIC_SPECIALTY.c.specialty_code)
-)
 
 
-# The rows' columns are in the records' field order (mypy cannot count a row's length).
-_new_clinic: Any = ClinicRecord
-_new_location: Any = LocationRecord
+def location_record(snapshot: Snapshot, row: int) -> LocationRecord:
+    locations = snapshot.locations
+    clinic_row = int(locations.clinic[row])
+    schedule, exceptions = locations.hours[row]
+    languages = locations.languages[row]
+    return LocationRecord(
+        id=int(locations.id[row]),
+        active=bool(locations.alive[row]),
+        clinic_id=int(snapshot.clinics.id[clinic_row]),
+        address_line1=locations.address_line1[row],
+        address_line2=locations.address_line2[row],
+        city=locations.city[row],
+        state=locations.state[row],
+        zip=locations.zip[row],
+        lat=_coordinate(locations.lat[row]),
+        lon=_coordinate(locations.lon[row]),
+        geocode_precision=locations.geocode_precision[row],
+        geocode_source=locations.geocode_source[row],
+        time_zone=locations.time_zone[row],
+        needs_review=bool(locations.needs_review[row]),
+        review_reasons=list(locations.review_reasons[row]),
+        opening_hours=schedule,
+        hours_exceptions=exceptions,
+        accepting_new_patients=_fact(int(locations.accepting_new_patients[row])),
+        telehealth=_fact(int(locations.telehealth[row])),
+        languages=None if languages is None else list(languages),
+        updated_at=from_micros(int(locations.updated[row])),
+        clinic=clinic_record(snapshot, clinic_row),
+    )
 
 
-def read_locations(connection: Connection, ids: Collection[int]) -> dict[int, LocationRecord]:
-    """The locations with these ids that exist, with their clinics: two queries in all."""
-    if not ids:
-        return {}
-    rows = connection.execute(_ROWS, {"ids": list(ids)}).all()
-    clinic_ids = {row[len(_LOCATION_COLUMNS)] for row in rows}
-    codes: dict[int, list[str]] = {clinic_id: [] for clinic_id in clinic_ids}
-    lacking: dict[int, list[str]] = {clinic_id: [] for clinic_id in clinic_ids}
-    for clinic_id, code, offered in connection.execute(_SPECIALTIES, {"ids": list(clinic_ids)}):
-        (codes if offered else lacking)[clinic_id].append(code)
-    split = len(_LOCATION_COLUMNS)
-    clinics: dict[int, ClinicRecord] = {}
-    found: dict[int, LocationRecord] = {}
-    for row in rows:
-        clinic_id = row[split]
-        clinic = clinics.get(clinic_id)
-        if clinic is None:
-            clinic = clinics[clinic_id] = _new_clinic(
-                *row[split:], tuple(codes[clinic_id]), tuple(lacking[clinic_id])
-            )
-        found[row[0]] = _new_location(*row[:split], clinic)
-    return found
-
-
-__all__ = ["ClinicRecord", "LocationRecord", "read_locations"]
+__all__ = ["ClinicRecord", "LocationRecord", "clinic_record", "location_record"]

@@ -15,6 +15,7 @@ No ``from __future__ import annotations`` here: SQLModel reads the annotations a
 
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, event, select, update
@@ -111,10 +112,21 @@ def _stamp(session: OrmSession, revision: int) -> None:
                     clinic.revision = revision
 
 
+# Called with the session after each commit that changed the directory (the read model
+# refreshes itself there, so the committing process sees its own change at once).
+_commit_hooks: list[Callable[[OrmSession], None]] = []
+
+
+def on_directory_commit(hook: Callable[[OrmSession], None]) -> None:
+    _commit_hooks.append(hook)
+
+
 @event.listens_for(OrmSession, "after_commit")
 def _after_commit(session: OrmSession) -> None:
     if session.info.pop(_BUMPED_KEY, None) is not None:
         _note_local_commit()
+        for hook in _commit_hooks:
+            hook(session)
 
 
 @event.listens_for(OrmSession, "after_rollback")
@@ -122,4 +134,10 @@ def _after_rollback(session: OrmSession) -> None:
     session.info.pop(_BUMPED_KEY, None)
 
 
-__all__ = ["DirectoryRevision", "bump_revision", "local_generation", "read_revision"]
+__all__ = [
+    "DirectoryRevision",
+    "bump_revision",
+    "local_generation",
+    "on_directory_commit",
+    "read_revision",
+]

@@ -132,16 +132,21 @@ class SourceSchema(ma.Schema):
     text = ma.fields.String(attribute="source_text", allow_none=True)
 
 
+# Made once: a schema made per dump deep-copies every field (most of a list's cost).
+_SOURCE = SourceSchema()
+_LOCATIONS = LocationSchema(many=True)
+
+
 class ClinicSchema(ClinicSummarySchema):
     phone_original = ma.fields.String(allow_none=True)
     specialty_reasons = ma.fields.List(
         ma.fields.Nested(SpecialtyReasonSchema), attribute="specialty_links"
     )
     review_reasons = ma.fields.List(ma.fields.String())
-    source = ma.fields.Function(lambda clinic: SourceSchema().dump(clinic))
+    source = ma.fields.Function(lambda clinic: _SOURCE.dump(clinic))
     updated_at = UtcDateTime()
     locations = ma.fields.Function(
-        lambda clinic: LocationSchema(many=True).dump(
+        lambda clinic: _LOCATIONS.dump(
             [location for location in clinic.locations if location.active]
         ),
         metadata={"type": "array", "items": {"$ref": "#/components/schemas/Location"}},

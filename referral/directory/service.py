@@ -14,9 +14,12 @@ from sqlalchemy.sql import ColumnElement
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from referral.directory import listing
 from referral.directory.evidence import specialty_fit
 from referral.directory.facts import NO_FACTS, SPECIALTY, FactFilter
+from referral.directory.listing import ClinicView
 from referral.directory.models import Clinic, ClinicSpecialty, Location, Specialty
+from referral.directory.readmodel import current_snapshot
 from referral.timeutil import to_utc
 
 
@@ -144,7 +147,7 @@ def _clinic_query(filters: ClinicFilters, *, possible: bool) -> SelectOfScalar[C
 
 @dataclass(frozen=True)
 class ClinicPage:
-    clinics: list[Clinic]
+    clinics: Sequence[Clinic | ClinicView]
     total: int
     # Per fact filter (and SPECIALTY), how many clinics were left out for it being unknown.
     excluded_unknown: dict[str, int] = field(default_factory=dict)
@@ -174,7 +177,31 @@ def _count(session: Session, query: SelectOfScalar[Clinic]) -> int:
 def search_clinics(
     session: Session, filters: ClinicFilters, *, offset: int, limit: int
 ) -> ClinicPage:
-    """One page of clinics matching ``filters`` (unnamed last), and the total count."""
+    """One page of clinics matching ``filters`` (unnamed last), and the total count: from
+    the read model, but for incremental sync (``updated_since``), which lists deactivated
+    clinics too and so reads the database."""
+    if filters.updated_since is None:
+        page = listing.search(
+            current_snapshot(session),
+            listing.ListQuery(
+                q=filters.q,
+                specialties=filters.specialties,
+                include_possible=filters.include_possible,
+                city=filters.city,
+                state=filters.state,
+                zip_prefix=filters.zip_prefix,
+                facts=filters.facts,
+            ),
+            offset=offset,
+            limit=limit,
+        )
+        return ClinicPage(page.clinics, page.total, page.excluded_unknown)
+    return _changed_clinics(session, filters, offset=offset, limit=limit)
+
+
+def _changed_clinics(
+    session: Session, filters: ClinicFilters, *, offset: int, limit: int
+) -> ClinicPage:
     # Specialties not on record are counted (or let through) unless none were asked for.
     counting = bool(filters.specialties) and not filters.include_possible
     if not filters.facts.active:
@@ -217,7 +244,3 @@ def get_clinic(
     if clinic is None or not (clinic.active or include_inactive):
         return None
     return clinic
-
-
-def active_locations(clinic: Clinic) -> list[Location]:
-    return [location for location in clinic.locations if location.active]

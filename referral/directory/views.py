@@ -25,8 +25,11 @@ from referral.directory import service
 from referral.directory.evidence import specialty_fit
 from referral.directory.facts import SPECIALTY, FactFilter
 from referral.directory.hours import is_open
+from referral.directory.listing import ClinicView, find_clinic, find_location
 from referral.directory.models import Clinic, Location
 from referral.directory.nearest import NearestHit, find_nearest
+from referral.directory.readmodel import current_snapshot
+from referral.directory.records import LocationRecord
 from referral.directory.schemas import (
     ClinicQueryArgsSchema,
     ClinicSchema,
@@ -140,7 +143,7 @@ class Clinics(MethodView):
             filters,
             offset=pagination_parameters.first_item,
             limit=pagination_parameters.page_size,
-        )
+        )  # from the read model; with updated_since from the database (inactive too)
         pagination_parameters.item_count = page.total
         headers = {}
         if filters.facts.active or (filters.specialties and not filters.include_possible):
@@ -161,7 +164,19 @@ class Clinics(MethodView):
 
 
 def _clinic_or_404(clinic_id: int) -> Clinic:
-    clinic = service.get_clinic(get_session(), clinic_id, include_inactive=_editor() is not None)
+    """The clinic as an editor may change it (inactive ones too): the database's row."""
+    clinic = service.get_clinic(get_session(), clinic_id, include_inactive=True)
+    if clinic is None:
+        field_error(404, "path", "clinic_id", f"no active clinic with id {clinic_id}")
+    return clinic
+
+
+def _shown_clinic_or_404(clinic_id: int) -> Clinic | ClinicView:
+    """The clinic as the caller may see it: the read model's for the public, the database's
+    row (inactive ones too) for an editor."""
+    if _editor() is not None:
+        return _clinic_or_404(clinic_id)
+    clinic = find_clinic(current_snapshot(), clinic_id)
     if clinic is None:
         field_error(404, "path", "clinic_id", f"no active clinic with id {clinic_id}")
     return clinic
@@ -176,7 +191,7 @@ class ClinicById(MethodView):
         """One active clinic with its active locations (editors also see inactive ones).
 
         The ETag is what `PATCH` and `DELETE` need in `If-Match`."""
-        return _clinic_or_404(clinic_id)
+        return _shown_clinic_or_404(clinic_id)
 
     @clinics_blp.etag
     @clinics_blp.doc(security=BEARER_SECURITY)
@@ -229,12 +244,24 @@ class ClinicLocations(MethodView):
 
 
 def _location_or_404(clinic_id: int, location_id: int) -> Location:
+    """The location as an editor may change it (inactive ones too): the database's row."""
     clinic = _clinic_or_404(clinic_id)
-    editor = _editor() is not None
     for location in clinic.locations:
-        if location.id == location_id and (location.active or editor):
+        if location.id == location_id:
             return location
     field_error(404, "path", "location_id", f"clinic {clinic_id} has no location {location_id}")
+
+
+def _shown_location_or_404(clinic_id: int, location_id: int) -> Location | LocationRecord:
+    if _editor() is not None:
+        return _location_or_404(clinic_id, location_id)
+    snapshot = current_snapshot()
+    if find_clinic(snapshot, clinic_id) is None:
+        field_error(404, "path", "clinic_id", f"no active clinic with id {clinic_id}")
+    location = find_location(snapshot, clinic_id, location_id)
+    if location is None:
+        field_error(404, "path", "location_id", f"clinic {clinic_id} has no location {location_id}")
+    return location
 
 
 @clinics_blp.route("/<int(max=2147483647):clinic_id>/locations/<int(max=2147483647):location_id>")
@@ -244,7 +271,7 @@ class ClinicLocationById(MethodView):
     @problems(clinics_blp, 404)
     def get(self, clinic_id: int, location_id: int) -> Any:
         """One location of a clinic."""
-        return _location_or_404(clinic_id, location_id)
+        return _shown_location_or_404(clinic_id, location_id)
 
     @clinics_blp.etag
     @clinics_blp.doc(security=BEARER_SECURITY)

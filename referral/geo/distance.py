@@ -1,20 +1,90 @@
-"""Geodesic distances on the WGS84 ellipsoid (the same model as GPS and the ZIP centroids)."""
+"""Geodesic distances on the WGS84 ellipsoid (the same model as GPS and the ZIP centroids),
+by pyproj's compiled Geod (Karney's algorithm, as geographiclib, to a few nanometres).
+
+Unit vectors on the sphere and the bounds relating their chords to geodesic lengths let a
+k-d tree over unit vectors decide what need not be measured (docs/nearest.md, "Exact"):
+with geodetic latitude as the sphere's latitude, both radii of curvature of WGS84 lie in
+[a(1-e^2), a/sqrt(1-e^2)], so a geodesic between points at central angle sigma on the sphere
+is between 6335.439 km * sigma and 6399.594 km * sigma long.
+"""
 
 from __future__ import annotations
 
 import math
 
-from geographiclib.geodesic import Geodesic
+import numpy as np
+from numpy.typing import NDArray
+from pyproj import Geod
 
 KM_PER_MILE = 1.609344
-_WGS84 = Geodesic.WGS84
-# Lower bound on the length of one degree of latitude anywhere on WGS84 (at the equator).
-_MIN_KM_PER_DEGREE_LAT = 110.574
+_GEOD = Geod(ellps="WGS84")
+
+_A_KM = 6378.137
+_FLATTENING = 1 / 298.257223563
+_E2 = _FLATTENING * (2 - _FLATTENING)
+MIN_KM_PER_RADIAN = _A_KM * (1 - _E2)  # meridional radius at the equator
+MAX_KM_PER_RADIAN = _A_KM / math.sqrt(1 - _E2)  # both radii at the poles
+# Slack for rounding and for the geodesic's own error (nanometres): a relative 1e-9 and a
+# micrometre, always widening what is measured.
+_LOW = MIN_KM_PER_RADIAN * (1 - 1e-9)
+_HIGH = MAX_KM_PER_RADIAN * (1 + 1e-9)
+_ABS_KM = 1e-9
 
 
 def geodesic_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    result = _WGS84.Inverse(lat1, lon1, lat2, lon2, Geodesic.DISTANCE)
-    return float(result["s12"]) / 1000.0
+    _, _, metres = _GEOD.inv(lon1, lat1, lon2, lat2)
+    return float(metres) / 1000.0
+
+
+def geodesic_km_many(
+    lat: float, lon: float, lats: NDArray[np.float64], lons: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Geodesic distances from one point to many, in one call."""
+    if len(lats) == 0:
+        return np.empty(0)
+    _, _, metres = _GEOD.inv(np.full(len(lats), lon), np.full(len(lats), lat), lons, lats)
+    return np.asarray(metres, dtype=np.float64) / 1000.0
+
+
+def unit_vectors(lats: NDArray[np.float64], lons: NDArray[np.float64]) -> NDArray[np.float64]:
+    """(n, 3) points on the unit sphere, geodetic latitude taken as the sphere's."""
+    phi, lam = np.radians(lats), np.radians(lons)
+    cos_phi = np.cos(phi)
+    return np.column_stack((cos_phi * np.cos(lam), cos_phi * np.sin(lam), np.sin(phi)))
+
+
+def _angle(chord: NDArray[np.float64] | float) -> NDArray[np.float64]:
+    return 2.0 * np.arcsin(np.minimum(1.0, np.asarray(chord, dtype=np.float64) / 2.0))
+
+
+def lower_km(chord: NDArray[np.float64] | float) -> NDArray[np.float64]:
+    """No geodesic between points this far apart (chord on the unit sphere) is shorter."""
+    return _LOW * _angle(chord) - _ABS_KM
+
+
+def upper_km(chord: NDArray[np.float64] | float) -> NDArray[np.float64]:
+    """No geodesic between points this far apart (chord on the unit sphere) is longer."""
+    return _HIGH * _angle(chord) + _ABS_KM
+
+
+def chord_within(km: float) -> float:
+    """The longest chord whose points may be at most ``km`` apart by geodesic."""
+    angle = (km + _ABS_KM) / _LOW
+    if angle >= math.pi:
+        return 2.0
+    # A hair wider than exact: rounding must never leave a point out.
+    return min(2.0, 2.0 * math.sin(angle / 2.0) * (1 + 1e-12))
+
+
+def chord_surely_within(km: float) -> float:
+    """The longest chord whose points are surely at most ``km`` apart by geodesic."""
+    angle = (km - _ABS_KM) / _HIGH
+    if angle <= 0:
+        return 0.0
+    if angle >= math.pi:
+        return 2.0
+    # A hair narrower than exact: rounding must never count a point in that is out.
+    return 2.0 * math.sin(angle / 2.0) * (1 - 1e-12)
 
 
 def km_to_miles(km: float) -> float:
@@ -23,23 +93,3 @@ def km_to_miles(km: float) -> float:
 
 def miles_to_km(miles: float) -> float:
     return miles * KM_PER_MILE
-
-
-def bounding_box(
-    lat: float, lon: float, radius_km: float
-) -> tuple[float, float, float | None, float | None]:
-    """A box that surely contains every point within ``radius_km``: (lat_min, lat_max, lon_min,
-    lon_max). The longitude bounds are None when the box would reach a pole or cross the
-    antimeridian, where a longitude window stops being a simple interval."""
-    margin = 1.01  # generous: the box is only a prefilter, exact distances decide.
-    dlat = radius_km / _MIN_KM_PER_DEGREE_LAT * margin
-    lat_min, lat_max = lat - dlat, lat + dlat
-    if lat_min <= -89.0 or lat_max >= 89.0:
-        return max(lat_min, -90.0), min(lat_max, 90.0), None, None
-    widest = max(abs(lat_min), abs(lat_max))
-    km_per_degree_lon = 111.32 * math.cos(math.radians(widest))
-    dlon = radius_km / km_per_degree_lon * margin
-    lon_min, lon_max = lon - dlon, lon + dlon
-    if dlon >= 180.0 or lon_min < -180.0 or lon_max > 180.0:
-        return lat_min, lat_max, None, None
-    return lat_min, lat_max, lon_min, lon_max

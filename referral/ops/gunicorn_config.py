@@ -102,14 +102,14 @@ def post_fork(server: _Any, worker: _Any) -> None:
 
 
 def post_worker_init(worker: _Any) -> None:
-    """Build this worker's nearest-search index before it takes requests, so no visitor's
-    query waits for the first build (docs/nearest.md)."""
-    from referral.directory.nearest import warm_index
+    """Build this worker's read model before it takes requests, so no visitor's query waits
+    for the first build (docs/nearest.md)."""
+    from referral.directory.readmodel import warm_read_model
 
     try:
-        warm_index(worker.wsgi)
+        warm_read_model(worker.wsgi)
     except Exception as exc:  # no database yet, say: the first query builds it instead
-        worker.log.warning("nearest index not built at start (%s)", type(exc).__name__)
+        worker.log.warning("read model not built at start (%s)", type(exc).__name__)
 
 
 def child_exit(server: _Any, worker: _Any) -> None:

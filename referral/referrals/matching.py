@@ -30,8 +30,9 @@ from sqlmodel import Session
 from referral.config import default_settings
 from referral.directory.evidence import Fit, SpecialtyFit, specialty_fit
 from referral.directory.facts import SPECIALTY, FactFilter
-from referral.directory.models import Clinic
+from referral.directory.listing import find_clinic
 from referral.directory.nearest import NearestHit, find_nearest
+from referral.directory.readmodel import current_snapshot
 from referral.geo.distance import geodesic_km, km_to_miles
 from referral.referrals.models import Urgency
 
@@ -252,14 +253,14 @@ def _preferred(
     needed: Sequence[str],
     reach: Reach,
 ) -> tuple[Candidate | None, str]:
-    clinic = session.get(Clinic, clinic_id)
-    if clinic is None or not clinic.active:
+    clinic = find_clinic(current_snapshot(session), clinic_id)
+    if clinic is None:
         raise MatchInputError(f"no active clinic with id {clinic_id}")
     hits = sorted(
         (
             NearestHit(location, geodesic_km(lat, lon, location.lat, location.lon))
             for location in clinic.locations
-            if location.active and location.lat is not None and location.lon is not None
+            if location.lat is not None and location.lon is not None
         ),
         key=lambda hit: (hit.distance_km, hit.location.id or 0),
     )

@@ -7,12 +7,15 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, request
 from flask_cors import CORS
+from sqlalchemy.exc import DBAPIError
 from swagger_ui_bundle import swagger_ui_path
+from werkzeug.exceptions import ServiceUnavailable
 
+from referral.db import get_session, is_statement_timeout
 from referral.web.api import ReferralApi
 from referral.web.fields import enum_from_vocabularies, load_vocabularies
 from referral.web.limits import MAX_PAGE
-from referral.web.problems import field_error
+from referral.web.problems import field_error, problem_response
 
 # Public, read-only endpoints any site may call from a browser.
 PUBLIC_PATHS = (
@@ -84,6 +87,18 @@ def init_web(app: Flask) -> None:
             static_url_path="/docs/assets",
         )
     )
+
+    @app.errorhandler(DBAPIError)
+    def statement_timeouts_are_503(error: DBAPIError) -> Response:
+        # A statement past DATABASE_STATEMENT_TIMEOUT_MS: the database is slow or busy,
+        # not the request wrong; anything else stays an unhandled 500.
+        if not is_statement_timeout(error):
+            raise error
+        get_session().rollback()
+        unavailable = ServiceUnavailable()
+        message = "The database did not answer in time; try again shortly."
+        unavailable.data = {"message": message}  # type: ignore[attr-defined]
+        return problem_response(unavailable, headers={"Retry-After": "1"})
 
     @app.before_request
     def refuse_hostile_query_strings() -> None:

@@ -73,7 +73,7 @@ def field_error(status: int, location: str, field: str, reason: str) -> NoReturn
     raise AssertionError("unreachable")
 
 
-def problem_response(error: HTTPException) -> Response:
+def problem_response(error: HTTPException, headers: dict[str, str] | None = None) -> Response:
     status = error.code or 500
     if status == 304:  # not a problem: an empty answer that keeps its validators
         not_modified = current_app.response_class(status=304)
@@ -85,7 +85,7 @@ def problem_response(error: HTTPException) -> Response:
     except ValueError:
         title = error.name
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
-    headers: dict[str, str] = {}
+    headers = dict(headers or {})
     data = getattr(error, "data", None) or {}
     messages = data.get("errors") or data.get("messages")
     if messages:

@@ -1,33 +1,35 @@
-"""The nearest index against brute force: random directories (clusters, duplicates, the
-antimeridian, the poles, sparse specialties, specialties on record as not offered, unknown
-facts, clinics without a phone), every filter and allowed unknown, ties by id; the
-sphere-to-ellipsoid bound it relies on; compiled opening hours against hours.is_open."""
+"""The read model's nearest search against brute force: random directories (clusters,
+duplicates, the antimeridian, the poles, sparse specialties, specialties on record as not
+offered, unknown facts, clinics without a phone), every filter and allowed unknown, ties by
+id; the sphere-to-ellipsoid bound it relies on; pyproj's geodesic against geographiclib's."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pytest
+from geographiclib.geodesic import Geodesic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from referral.directory import search
 from referral.directory.facts import NO_FACTS, SPECIALTY, FactFilter
-from referral.directory.hours import is_open
-from referral.directory.spatial_index import (
+from referral.directory.snapshot import Changes, Snapshot, clinic_columns, location_columns
+from referral.geo.distance import (
     MAX_KM_PER_RADIAN,
     MIN_KM_PER_RADIAN,
-    DirectoryIndex,
-    IndexBuilder,
-    NearestSearch,
+    chord_within,
+    geodesic_km,
     lower_km,
-    unit_vector,
+    unit_vectors,
     upper_km,
 )
-from referral.geo.distance import geodesic_km
 
 CODES = ("ortho", "spine", "sports", "pelvic", "rare")
 LANGUAGES = (None, ["en"], ["en", "es"], ["es", "vi"], [])
@@ -78,7 +80,7 @@ def brute_force(
     limit: int,
     facts: FactFilter,
 ) -> Answer:
-    """What find_nearest answered before the index: every location looked at."""
+    """What find_nearest answers, by looking at every location."""
 
     def ranked(radius: float | None, count: int, excluded: dict[str, int]) -> list[Any]:
         found = []
@@ -114,7 +116,7 @@ def brute_force(
 
 
 def indexed(
-    index: DirectoryIndex,
+    snapshot: Snapshot,
     lat: float,
     lon: float,
     specialties: frozenset[str],
@@ -122,37 +124,55 @@ def indexed(
     limit: int,
     facts: FactFilter,
 ) -> Answer:
-    """find_nearest's use of the index, without the database."""
-    codes = sorted(specialties)
-    search = NearestSearch(index, lat, lon, specialties=codes, radius_km=radius_km, facts=facts)
-    hits = [(km, location_id) for km, location_id, _ in search.best(limit)]
-    outside = None
-    if not hits and radius_km is not None:
-        anywhere = NearestSearch(
-            index, lat, lon, specialties=codes, facts=facts, judge=search.judge
-        )
-        found = anywhere.best(1)
-        outside = (found[0][0], found[0][1]) if found else None
-    return Answer(hits, outside, search.excluded_unknown())
+    """find_nearest's use of the snapshot, without the database."""
+    found = search.nearest(
+        snapshot, lat, lon, specialties=sorted(specialties), radius_km=radius_km, limit=limit,
+        facts=facts,
+    )  # fmt: skip
+    ids = snapshot.locations.id
+    hits = [(km, int(ids[row])) for km, row, _ in found.hits]
+    outside = None if found.outside is None else (found.outside[0], int(ids[found.outside[1]]))
+    return Answer(hits, outside, found.excluded_unknown)
 
 
-def build(recs: list[Rec], revision: int = 1) -> DirectoryIndex:
-    builder = IndexBuilder()
-    for rec in recs:
-        builder.add(
-            rec.id,
-            builder.spec_set(rec.specialties, rec.lacking),
-            rec.lat,
-            rec.lon,
-            has_phone=rec.has_phone,
-            accepting_new_patients=rec.accepting_new_patients,
-            telehealth=rec.telehealth,
-            languages=rec.languages,
-            opening_hours=rec.opening_hours,
-            hours_exceptions=rec.hours_exceptions,
-            time_zone=rec.time_zone,
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def build(recs: list[Rec], revision: int = 1) -> Snapshot:
+    """One clinic per location (the clinic's id is the location's), as the database gives
+    them to the read model (rows in its select order, JSON as text)."""
+    clinics = [
+        (rec.id, True, f"Clinic {rec.id}", "+16125550100" if rec.has_phone else None, None,
+         None, None, None, False, "[]", NOW)
+        for rec in recs
+    ]  # fmt: skip
+    evidence = {
+        rec.id: tuple(
+            sorted(
+                [(code, True, "test", None) for code in rec.specialties]
+                + [(code, False, "test", None) for code in rec.lacking]
+            )
         )
-    return builder.finish(revision)
+        for rec in recs
+    }
+    locations = [
+        (rec.id, True, rec.id, None, None, "X", "TX", None, rec.lat, rec.lon, "manual", "test",
+         rec.time_zone, False, "[]", _text(rec.opening_hours), _text(rec.hours_exceptions),
+         rec.accepting_new_patients, rec.telehealth, _text(rec.languages), NOW)
+        for rec in recs
+    ]  # fmt: skip
+    return Snapshot.build(
+        Changes(
+            revision,
+            clinic_columns(clinics, evidence),
+            location_columns(locations),
+            complete=True,
+        )
+    )
 
 
 # ---- random directories --------------------------------------------------------------------
@@ -264,7 +284,7 @@ def origins(recs: list[Rec], rng: random.Random) -> list[tuple[float, float]]:
 )
 def test_index_agrees_with_brute_force(seed, size, kind, asked):
     recs = random_directory(seed, size, kind)
-    index = build(recs)
+    snapshot = build(recs)
     rng = random.Random(seed)
     for lat, lon in rng.sample(origins(recs, rng), 2):
         distances = {rec.id: geodesic_km(lat, lon, rec.lat, rec.lon) for rec in recs}
@@ -272,7 +292,7 @@ def test_index_agrees_with_brute_force(seed, size, kind, asked):
             spec = frozenset(query["specialties"])
             args = (spec, query["radius_km"], query["limit"], query["facts"])
             expected = brute_force(recs, distances, *args)
-            assert indexed(index, lat, lon, *args) == expected, (lat, lon, query)
+            assert indexed(snapshot, lat, lon, *args) == expected, (lat, lon, query)
 
 
 CHRISTMAS_AFTERNOON = datetime(2026, 12, 25, 15, tzinfo=UTC)
@@ -281,7 +301,7 @@ CHRISTMAS_AFTERNOON = datetime(2026, 12, 25, 15, tzinfo=UTC)
 @pytest.mark.parametrize("kind", ["clusters", "global"])
 def test_thousands_of_locations_many_queries(kind):
     recs = random_directory(11, 4000, kind)
-    index = build(recs)
+    snapshot = build(recs)
     rng = random.Random(5)
     for lat, lon in origins(recs, rng)[:3]:
         distances = {rec.id: geodesic_km(lat, lon, rec.lat, rec.lon) for rec in recs}
@@ -316,7 +336,7 @@ def test_thousands_of_locations_many_queries(kind):
             ),
         ]:
             expected = brute_force(recs, distances, spec, radius, limit, facts)
-            assert indexed(index, lat, lon, spec, radius, limit, facts) == expected
+            assert indexed(snapshot, lat, lon, spec, radius, limit, facts) == expected
 
 
 def test_ties_go_to_the_lower_id():
@@ -325,11 +345,11 @@ def test_ties_go_to_the_lower_id():
     recs = [Rec(id_, 10.0, 20.0, frozenset({"ortho"})) for id_ in (80, 12, 55, 3, 99, 41, 7, 60)]
     recs += [Rec(200 + n, 10.0, 20.0 + sign * 0.5, frozenset()) for n, sign in enumerate((1, -1))]
     recs += [Rec(300 - n, sign * 1.0, 0.0, frozenset()) for n, sign in enumerate((1, -1))]
-    index = build(recs)
-    answer = indexed(index, 10.0, 20.0, frozenset(), None, 9, NO_FACTS)
+    snapshot = build(recs)
+    answer = indexed(snapshot, 10.0, 20.0, frozenset(), None, 9, NO_FACTS)
     assert [location_id for _, location_id in answer.hits] == [3, 7, 12, 41, 55, 60, 80, 99, 200]
     assert answer.hits[0][0] == 0.0
-    equator = indexed(index, 0.0, 0.0, frozenset(), None, 2, NO_FACTS)
+    equator = indexed(snapshot, 0.0, 0.0, frozenset(), None, 2, NO_FACTS)
     assert [location_id for _, location_id in equator.hits] == [299, 300]
     assert equator.hits[0][0] == equator.hits[1][0]
 
@@ -337,9 +357,9 @@ def test_ties_go_to_the_lower_id():
 def test_empty_directory_and_unknown_codes():
     empty = build([])
     assert indexed(empty, 0, 0, frozenset(), 10.0, 5, NO_FACTS) == Answer([], None, {})
-    index = build([Rec(1, 0, 0, frozenset({"ortho"}))])
-    assert indexed(index, 0, 0, frozenset({"absent"}), None, 5, NO_FACTS).hits == []
-    assert indexed(index, 0, 0, frozenset({"ortho"}), None, 0, NO_FACTS).hits == []
+    snapshot = build([Rec(1, 0, 0, frozenset({"ortho"}))])
+    assert indexed(snapshot, 0, 0, frozenset({"absent"}), None, 5, NO_FACTS).hits == []
+    assert indexed(snapshot, 0, 0, frozenset({"ortho"}), None, 0, NO_FACTS).hits == []
 
 
 # ---- the bound -----------------------------------------------------------------------------
@@ -351,26 +371,36 @@ latitudes = st.one_of(
 longitudes = st.one_of(st.floats(-180, 180), st.sampled_from([180.0, -180.0, 0.0]))
 
 
+def _chord(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    a, b = unit_vectors(np.array([lat1, lat2]), np.array([lon1, lon2]))
+    return float(np.linalg.norm(a - b))
+
+
 @settings(max_examples=400, deadline=None)
 @given(lat1=latitudes, lon1=longitudes, lat2=latitudes, lon2=longitudes)
 def test_sphere_bounds_hold_for_geodesics(lat1, lon1, lat2, lon2):
-    a, b = unit_vector(lat1, lon1), unit_vector(lat2, lon2)
-    chord2 = sum((p - q) ** 2 for p, q in zip(a, b, strict=True))
+    chord = _chord(lat1, lon1, lat2, lon2)
     km = geodesic_km(lat1, lon1, lat2, lon2)
-    assert lower_km(chord2) <= km <= upper_km(chord2)
+    assert lower_km(chord) <= km <= upper_km(chord)
+    assert chord <= chord_within(km)
 
 
 @settings(max_examples=200, deadline=None)
 @given(lat=st.floats(-89.9, 89.9), lon=longitudes, bearing=st.floats(0, 360),
        km=st.floats(0.0001, 50.0))  # fmt: skip
 def test_sphere_bounds_hold_close_by(lat, lon, bearing, km):
-    from geographiclib.geodesic import Geodesic
-
     target = Geodesic.WGS84.Direct(lat, lon, bearing, km * 1000)
     lat2, lon2 = target["lat2"], target["lon2"]
-    a, b = unit_vector(lat, lon), unit_vector(lat2, lon2)
-    chord2 = sum((p - q) ** 2 for p, q in zip(a, b, strict=True))
-    assert lower_km(chord2) <= geodesic_km(lat, lon, lat2, lon2) <= upper_km(chord2)
+    chord = _chord(lat, lon, lat2, lon2)
+    assert lower_km(chord) <= geodesic_km(lat, lon, lat2, lon2) <= upper_km(chord)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lat1=latitudes, lon1=longitudes, lat2=latitudes, lon2=longitudes)
+def test_pyproj_measures_as_geographiclib(lat1, lon1, lat2, lon2):
+    # The service measures with pyproj's compiled Karney; geographiclib is the reference.
+    reference = Geodesic.WGS84.Inverse(lat1, lon1, lat2, lon2)["s12"] / 1000
+    assert abs(geodesic_km(lat1, lon1, lat2, lon2) - reference) < 1e-9
 
 
 def test_radii_of_curvature_bounds():
@@ -378,60 +408,7 @@ def test_radii_of_curvature_bounds():
     assert round(MAX_KM_PER_RADIAN, 3) == 6399.594
 
 
-# ---- opening hours, compiled ---------------------------------------------------------------
-
-times = st.sampled_from(["00:00", "07:59", "08:00", "12:30", "16:59", "17:00", "23:59", "24:00"])
-intervals = st.lists(st.tuples(times, times), max_size=3).map(
-    lambda pairs: [[a, b] for a, b in pairs]
-)
-schedules = st.dictionaries(
-    st.sampled_from(["mon", "tue", "wed", "thu", "fri", "sat", "sun"]), intervals, max_size=7
-)
-exceptions = st.one_of(
-    st.none(),
-    st.lists(
-        st.fixed_dictionaries(
-            {"date": st.sampled_from(["2026-12-24", "2026-12-25", "2026-12-31", "2026-1-1", 7])},
-            optional={"closed": st.booleans(), "hours": intervals, "note": st.just("holiday")},
-        ),
-        max_size=3,
-    ),
-)
-broken = st.sampled_from([{"mon": [["8:00", "17:00"]]}, {"tue": "all day"}, {"wed": [["09:00"]]}])
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    schedule=st.one_of(st.none(), schedules, broken),
-    holidays=exceptions,
-    zone=st.sampled_from(ZONES),
-    when=st.datetimes(
-        min_value=datetime(2026, 12, 23), max_value=datetime(2027, 1, 2), timezones=st.just(UTC)
-    ),
-)
-def test_compiled_hours_judge_as_is_open(schedule, holidays, zone, when):
-    builder = IndexBuilder()
-    builder.add(1, builder.spec_set(()), 0.0, 0.0, opening_hours=schedule,
-                hours_exceptions=holidays, time_zone=zone)  # fmt: skip
-    index = builder.finish(1)
-    profile = index.g_hours[index.all_tree.grp[0]]
-
-    def outcome(judge: Any) -> Any:
-        try:
-            return judge()
-        except Exception as exc:  # malformed hours: both must fail alike
-            return type(exc)
-
-    expected = outcome(lambda: is_open(schedule, holidays, zone, when))
-    assert outcome(lambda: index.open_state(profile, when)) == expected
-    for minutes in (1, 59, 60 * 11):
-        later = when + timedelta(minutes=minutes)
-        assert outcome(lambda later=later: index.open_state(profile, later)) == outcome(
-            lambda later=later: is_open(schedule, holidays, zone, later)
-        )
-
-
-def test_rare_fact_matches_are_listed_directly_and_agree():
+def test_rare_fact_matches_agree():
     rng = random.Random(8)
     recs = [
         Rec(
@@ -443,12 +420,24 @@ def test_rare_fact_matches_are_listed_directly_and_agree():
         )
         for n in range(3000)
     ]
-    index = build(recs)
+    snapshot = build(recs)
     wanted = FactFilter(telehealth=True)
-    search = NearestSearch(index, 10.0, 10.0, specialties=["ortho"], facts=wanted)
-    assert len(search.heap) == 5  # the five telehealth locations, and no tree node
     for lat, lon in origins(recs, rng):
         distances = {rec.id: geodesic_km(lat, lon, rec.lat, rec.lon) for rec in recs}
         for radius, limit in ((None, 3), (3000.0, 10), (1.0, 2)):
             args = (frozenset({"ortho"}), radius, limit, wanted)
-            assert indexed(index, lat, lon, *args) == brute_force(recs, distances, *args)
+            assert indexed(snapshot, lat, lon, *args) == brute_force(recs, distances, *args)
+
+
+def test_a_dense_cluster_of_duplicates_stays_exact():
+    # 3,000 locations on 30 points a few metres apart: the exact shell around the k-th
+    # distance holds hundreds of candidates (past what the tree is asked for at once).
+    rng = random.Random(3)
+    points = [(40 + rng.uniform(0, 1e-4), -100 + rng.uniform(0, 1e-4)) for _ in range(30)]
+    recs = [Rec(n + 1, *points[n % 30], frozenset({"ortho"})) for n in range(3000)]
+    snapshot = build(recs)
+    for lat, lon in [(40.00005, -100.00005), (40.1, -100.1), points[0]]:
+        distances = {rec.id: geodesic_km(lat, lon, rec.lat, rec.lon) for rec in recs}
+        for limit in (1, 10, 50):
+            args = (frozenset({"ortho"}), None, limit, NO_FACTS)
+            assert indexed(snapshot, lat, lon, *args) == brute_force(recs, distances, *args)
