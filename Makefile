@@ -34,8 +34,10 @@ check: lint typecheck test
 openapi: $(BIN)/.installed
 	$(BIN)/flask --app referral openapi write --format=yaml openapi.yaml
 
-# Benchmarks, not tests (docs/performance.md): needs wrk (apt-get install wrk) and Redis.
-# E.g. BENCH_ARGS="--quick", "--sizes 100,10000", "--database-url postgresql+psycopg://...".
+# Benchmarks, not tests (docs/performance.md, bench/README.md): the service against a PostGIS
+# peer and a bare Flask ping. Needs wrk (apt-get install wrk), Redis, and PostgreSQL on
+# 127.0.0.1 for the peer (PostGIS is installed with apt-get when missing).
+# E.g. BENCH_ARGS="--quick", "--sizes 10000,100000", "--database-url postgresql+psycopg://...".
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
