@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, request
 
 from referral.config import check_settings, default_settings
+from referral.web.json import OrjsonProvider
 
 
 class ReferralFlask(Flask):
@@ -35,7 +36,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.from_mapping(config)
     check_settings(app.config)
     os.makedirs(app.instance_path, exist_ok=True)
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep schema order: origin first
+    app.json = OrjsonProvider(app)
+    app.json.sort_keys = False  # keep schema order: origin first
 
     from referral import commands, db, ops
     from referral.web import init_web

@@ -19,17 +19,38 @@ from referral.directory.facts import NO_FACTS, FactFilter
 from referral.directory.models import Location
 from referral.directory.readmodel import current_snapshot
 from referral.directory.records import LocationRecord, location_record
+from referral.directory.snapshot import Snapshot
 from referral.geo.distance import km_to_miles
 
 
-@dataclass(frozen=True)
 class NearestHit:
-    # find_nearest's hits hold records; callers ranking ORM rows of their own may use those.
-    location: LocationRecord | Location
-    distance_km: float
-    # What the hit is unknown for among what was asked (SPECIALTY, fact names): it passed
-    # because the search allowed those unknowns (FactFilter.allow_unknown).
-    unknown: tuple[str, ...] = ()
+    """A location and its distance; what it is unknown for among what was asked (SPECIALTY,
+    fact names: it passed because the search allowed those unknowns). A hit of the read
+    model knows its snapshot row, and makes its record only when one is asked for (matching
+    reads records; the public answer is assembled from serialized fragments)."""
+
+    __slots__ = ("_location", "distance_km", "row", "snapshot", "unknown")
+
+    def __init__(
+        self,
+        location: LocationRecord | Location | None,
+        distance_km: float,
+        unknown: tuple[str, ...] = (),
+        *,
+        snapshot: Snapshot | None = None,
+        row: int = -1,
+    ) -> None:
+        self._location = location
+        self.distance_km = distance_km
+        self.unknown = unknown
+        self.snapshot, self.row = snapshot, row
+
+    @property
+    def location(self) -> LocationRecord | Location:
+        if self._location is None:
+            assert self.snapshot is not None
+            self._location = location_record(self.snapshot, self.row)
+        return self._location
 
     @property
     def distance_mi(self) -> float:
@@ -69,7 +90,7 @@ def find_nearest(
     )  # fmt: skip
 
     def hit(km: float, row: int, bits: int) -> NearestHit:
-        return NearestHit(location_record(snapshot, row), km, search.names_of(bits))
+        return NearestHit(None, km, search.names_of(bits), snapshot=snapshot, row=row)
 
     return NearestResult(
         hits=[hit(*found_hit) for found_hit in found.hits],

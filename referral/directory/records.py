@@ -3,12 +3,17 @@ snapshot's columns (snapshot.py) for the few rows an answer holds, never from th
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
+from referral.directory.hours import is_open
 from referral.directory.snapshot import Snapshot, from_micros
 
 
@@ -60,7 +65,7 @@ def _coordinate(value: float) -> float | None:
 
 def clinic_record(snapshot: Snapshot, row: int) -> ClinicRecord:
     clinics = snapshot.clinics
-    links = clinics.evidence[row]
+    evidence = clinics.evidence
     return ClinicRecord(
         id=int(clinics.id[row]),
         active=bool(clinics.alive[row]),
@@ -68,8 +73,8 @@ def clinic_record(snapshot: Snapshot, row: int) -> ClinicRecord:
         phone=clinics.phone[row],
         website=clinics.website[row],
         needs_review=bool(clinics.needs_review[row]),
-        specialty_codes=tuple(code for code, offered, _, _ in links if offered),
-        not_offered_codes=tuple(code for code, offered, _, _ in links if not offered),
+        specialty_codes=evidence.codes_of(int(evidence.offered[row])),
+        not_offered_codes=evidence.codes_of(int(evidence.lacking[row])),
     )
 
 
@@ -104,4 +109,85 @@ def location_record(snapshot: Snapshot, row: int) -> LocationRecord:
     )
 
 
-__all__ = ["ClinicRecord", "LocationRecord", "clinic_record", "location_record"]
+# ---- serialized, for answers --------------------------------------------------------------
+
+# Locations (and clinics) whose JSON a worker keeps per snapshot: the most recently shown.
+_FRAGMENTS_KEPT = 16384
+
+
+class Fragments:
+    """The JSON of the locations and clinics of one snapshot as answers show them, kept for
+    the most recently shown (a location shown again costs a lookup); equal to what the
+    documented schemas dump (tests/test_nearest_json.py)."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, kind: str, row: int, make: Callable[[], Any]) -> bytes:
+        key = (kind, row)
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+                return found
+        made = orjson.dumps(make())
+        with self._lock:
+            self._kept[key] = made
+            while len(self._kept) > _FRAGMENTS_KEPT:
+                self._kept.popitem(last=False)
+        return made
+
+
+def fragments(snapshot: Snapshot) -> Fragments:
+    found = snapshot.derived.get("fragments")
+    if found is None:
+        found = snapshot.derived.setdefault("fragments", Fragments())
+    assert isinstance(found, Fragments)
+    return found
+
+
+def hit_parts(
+    snapshot: Snapshot,
+    row: int,
+    now: datetime,
+    specialties: Sequence[str],
+    location_json: Callable[[LocationRecord], Any],
+    clinic_json: Callable[[ClinicRecord], Any],
+) -> dict[str, Any]:
+    """A nearest hit's own parts (open now, the specialties' fit) and its location and
+    clinic as serialized fragments, without making a record unless they are not kept."""
+    locations, clinics = snapshot.locations, snapshot.clinics
+    clinic_row = int(locations.clinic[row])
+    schedule, exceptions = locations.hours[row]
+    match, unknown = None, []
+    if specialties:
+        evidence = clinics.evidence
+        bits = {code: 1 << bit for bit, code in enumerate(evidence.codes)}
+        offered, lacking = int(evidence.offered[clinic_row]), int(evidence.lacking[clinic_row])
+        unknown = [c for c in specialties if not (bits.get(c, 0) & (offered | lacking))]
+        lacks = any(bits.get(c, 0) & lacking for c in specialties)
+        match = "lacking" if lacks else "possible" if unknown else "confirmed"
+    kept = fragments(snapshot)
+    return {
+        "open_now": is_open(schedule, exceptions, locations.time_zone[row], now),
+        "specialty_match": match,
+        "specialties_unknown": unknown,
+        "location": orjson.Fragment(
+            kept.get("location", row, lambda: location_json(location_record(snapshot, row)))
+        ),
+        "clinic": orjson.Fragment(
+            kept.get("clinic", clinic_row, lambda: clinic_json(clinic_record(snapshot, clinic_row)))
+        ),
+    }
+
+
+__all__ = [
+    "ClinicRecord",
+    "Fragments",
+    "LocationRecord",
+    "clinic_record",
+    "fragments",
+    "hit_parts",
+    "location_record",
+]

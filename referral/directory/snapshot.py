@@ -183,8 +183,8 @@ class Evidence:
     offered as bits (what searches ask), and its links (code, offered, reason, source) in
     arrays sliced per clinic (what answers show): no Python object per link."""
 
-    __slots__ = ("_code", "_end", "_offered_link", "_reason", "_source", "_start", "codes",
-                 "lacking", "offered")  # fmt: skip
+    __slots__ = ("_code", "_end", "_named", "_offered_link", "_reason", "_source", "_start",
+                 "codes", "lacking", "offered")  # fmt: skip
 
     def __init__(self, codes: list[str], **arrays: Any) -> None:
         self.codes = codes  # the code of each bit; new codes get new bits, never a reused one
@@ -196,6 +196,15 @@ class Evidence:
         self._offered_link: NDArray[np.bool_] = arrays["offered_link"]
         self._reason: Pool = arrays["reason"]
         self._source: Pool = arrays["source"]
+        self._named: dict[int, tuple[str, ...]] = {}
+
+    def codes_of(self, bits: int) -> tuple[str, ...]:
+        """The codes of a set of bits, in code order (as the ORM lists a clinic's)."""
+        found = self._named.get(bits)
+        if found is None:
+            found = tuple(sorted(c for n, c in enumerate(self.codes) if bits >> n & 1))
+            self._named[bits] = found
+        return found
 
     @classmethod
     def of(cls, per_clinic: Sequence[Sequence[Link]]) -> Evidence:

@@ -29,7 +29,7 @@ from referral.directory.listing import ClinicView, find_clinic, find_location
 from referral.directory.models import Clinic, Location
 from referral.directory.nearest import NearestHit, find_nearest
 from referral.directory.readmodel import current_snapshot
-from referral.directory.records import LocationRecord
+from referral.directory.records import LocationRecord, hit_parts
 from referral.directory.schemas import (
     ClinicQueryArgsSchema,
     ClinicSchema,
@@ -312,11 +312,17 @@ class Specialties(MethodView):
 
 
 def _hit(hit: NearestHit, now: datetime, specialties: list[str]) -> dict[str, Any]:
-    location = hit.location
-    fit = specialty_fit(location.clinic, specialties) if specialties else None
-    return {
+    distances = {
         "distance_km": round(hit.distance_km, 3),
         "distance_mi": round(hit.distance_mi, 3),
+    }
+    if hit.snapshot is not None:  # the read model's: its parts kept serialized
+        return distances | hit_parts(
+            hit.snapshot, hit.row, now, specialties, location_json, clinic_summary_json
+        )
+    location = hit.location
+    fit = specialty_fit(location.clinic, specialties) if specialties else None
+    return distances | {
         "open_now": is_open(
             location.opening_hours, location.hours_exceptions, location.time_zone, now
         ),
