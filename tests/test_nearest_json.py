@@ -11,11 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import select
 
-from referral.db import get_session, session_scope
-from referral.directory import views
+from referral.db import get_database, get_session, session_scope
+from referral.directory import readmodel, views
 from referral.directory.listing import find_clinic
 from referral.directory.models import Clinic, Location
 from referral.directory.nearest import find_nearest
+from referral.directory.readbuild import read_in_child
 from referral.directory.readmodel import current_snapshot
 from referral.directory.records import location_record
 from referral.directory.schemas import (
@@ -26,6 +27,7 @@ from referral.directory.schemas import (
     clinic_summary_json,
     location_json,
 )
+from referral.directory.snapshot import read_all
 
 ODD_FACTS: list[dict[str, Any]] = [
     {
@@ -188,3 +190,28 @@ def test_find_nearest_hits_are_records_not_orm_rows(app):
         assert found.hits
         assert not any(isinstance(hit.location, Location) for hit in found.hits)
         assert len(session.identity_map) == 0  # nothing loaded into the session
+
+
+def test_a_whole_read_in_a_child_process_is_the_same(odd_directory, monkeypatch):
+    # A large directory is read by a child process (readbuild.py), handed over pickled.
+    with odd_directory.app_context():
+        engine = get_database(odd_directory).engine
+        with engine.connect() as connection:
+            here = read_all(connection)
+        there = read_in_child(engine.url.render_as_string(hide_password=False))
+        assert there.revision == here.revision
+        assert list(there.locations.id) == list(here.locations.id)
+        for snapshot in (here, there):
+            assert snapshot.locations.alive.sum() == here.locations.alive.sum()
+        for row in range(len(here.locations.id)):
+            assert location_record(there, row) == location_record(here, row)
+        for clinic_id in here.clinics.id:
+            assert find_clinic(there, int(clinic_id)) == find_clinic(here, int(clinic_id))
+        # And the read model takes that way from CHILD_THRESHOLD locations on.
+        children = []
+        monkeypatch.setattr(readmodel, "CHILD_THRESHOLD", 1)
+        monkeypatch.setattr(
+            readmodel, "read_in_child", lambda url: children.append(url) or read_in_child(url)
+        )
+        assert readmodel.current_snapshot(get_session()).revision == here.revision
+        assert len(children) == 1

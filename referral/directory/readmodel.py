@@ -21,12 +21,15 @@ import time
 import weakref
 
 from flask import Flask, current_app, has_app_context
+from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from referral.db import get_session, without_statement_timeout
 from referral.directory import revision as revisions
 from referral.directory.listing import listing
+from referral.directory.models import Location
+from referral.directory.readbuild import read_in_child
 from referral.directory.search import facets, spatial
 from referral.directory.snapshot import Snapshot, read_all, read_changes
 
@@ -38,6 +41,9 @@ DEFAULT_CHECK_SECONDS = 1.0
 _DELTA_SHARE = 0.1
 _DELTA_FLOOR = 2000
 _DEAD_SHARE = 0.25
+# Locations from which a whole read happens in a child process (readbuild.py).
+CHILD_THRESHOLD = 20_000
+_LOCATION = Location.__table__  # type: ignore[attr-defined]
 
 
 class ReadModel:
@@ -102,6 +108,8 @@ def _refreshed(engine: Engine, old: Snapshot | None) -> Snapshot:
                 changes = None
         if changes is not None and old is not None:
             new, how = old.with_changes(changes), f"{changes.size} changed rows"
+        elif _large(connection):
+            new, how = read_in_child(engine.url.render_as_string(hide_password=False)), "child"
         else:
             new, how = read_all(connection), "whole"
     prepare(new)
@@ -115,6 +123,16 @@ def _refreshed(engine: Engine, old: Snapshot | None) -> Snapshot:
         time.perf_counter() - started,
     )
     return new
+
+
+def _large(connection: Connection) -> bool:
+    """Whether a whole read is worth a process of its own (readbuild.py); a small directory
+    (and a database only this process can see) is read here."""
+    url = connection.engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return False
+    count = connection.execute(select(func.count()).select_from(_LOCATION)).scalar_one()
+    return int(count) >= CHILD_THRESHOLD
 
 
 def prepare(snapshot: Snapshot) -> None:

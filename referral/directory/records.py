@@ -131,7 +131,8 @@ class Fragments:
             if found is not None:
                 self._kept.move_to_end(key)
                 return found
-        made = orjson.dumps(make())
+        # A copy of exactly its size: orjson's own bytes keep a buffer of 4 KB or more.
+        made = memoryview(orjson.dumps(make())).tobytes()
         with self._lock:
             self._kept[key] = made
             while len(self._kept) > _FRAGMENTS_KEPT:

@@ -36,6 +36,10 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=int(micros))
 
 
+# Offsets into a column's buffer: 4 bytes a row (a column's text stays far below 2 GB).
+_OFFSET = np.int32
+
+
 class Texts:
     """A column of optional strings in one UTF-8 buffer, a start and an end offset per row
     (start -1: None). Changed rows get their new text appended; the old bytes stay until the
@@ -43,7 +47,7 @@ class Texts:
 
     __slots__ = ("_data", "_end", "_start")
 
-    def __init__(self, data: bytes, start: NDArray[np.int64], end: NDArray[np.int64]) -> None:
+    def __init__(self, data: bytes, start: NDArray[np.int32], end: NDArray[np.int32]) -> None:
         self._data, self._start, self._end = data, start, end
 
     @classmethod
@@ -60,8 +64,8 @@ class Texts:
         ends = [np.where(p._start < 0, -1, p._end + k) for p, k in pairs]
         return cls(
             b"".join(part._data for part in parts),
-            np.concatenate(starts) if starts else np.empty(0, dtype=np.int64),
-            np.concatenate(ends) if ends else np.empty(0, dtype=np.int64),
+            np.concatenate(starts) if starts else np.empty(0, dtype=_OFFSET),
+            np.concatenate(ends) if ends else np.empty(0, dtype=_OFFSET),
         )
 
     def __len__(self) -> int:
@@ -90,11 +94,11 @@ class Texts:
 
 def _pack(
     values: Sequence[str | None], offset: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64], bytes]:
+) -> tuple[NDArray[np.int32], NDArray[np.int32], bytes]:
     encoded = [b"" if value is None else value.encode() for value in values]
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    end = np.cumsum(lengths) + offset
-    start = end - lengths
+    end = (np.cumsum(lengths) + offset).astype(_OFFSET)
+    start = end - lengths.astype(_OFFSET)
     missing = np.fromiter((value is None for value in values), dtype=bool, count=len(values))
     start[missing] = -1
     return start, end, b"".join(encoded)
@@ -216,6 +220,50 @@ class Evidence:
             reason=Pool.of(()), source=Pool.of(()),
         )  # fmt: skip
         return empty.updated(np.arange(len(per_clinic)), per_clinic, len(per_clinic))
+
+    @classmethod
+    def read(cls, parts: Iterable[Sequence[Any]], clinic_ids: NDArray[np.int64]) -> Evidence:
+        """The evidence of the clinics ``clinic_ids`` (ascending) from link rows (clinic id,
+        code, offered, reason, source) ordered by clinic id, in chunks: arrays all along."""
+        codes: list[str] = []
+        bit: dict[str, int] = {}
+        reason, source = Pool.of(()), Pool.of(())
+        owners, code_parts, offered_parts, reason_parts, source_parts = [], [], [], [], []
+        for part in parts:
+            owners.append(np.fromiter((row[0] for row in part), np.int64, len(part)))
+            code_parts.append(
+                np.fromiter((bit.setdefault(row[1], len(bit)) for row in part), np.int16, len(part))
+            )
+            offered_parts.append(np.fromiter((bool(row[2]) for row in part), bool, len(part)))
+            reason_parts.append(reason.codes_of([row[3] for row in part]))
+            source_parts.append(source.codes_of([row[4] for row in part]))
+        codes = [code for code, _ in sorted(bit.items(), key=lambda item: item[1])]
+        if len(codes) > 64:
+            raise ValueError(f"{len(codes)} specialty codes: the read model holds at most 64")
+        owner = np.concatenate(owners) if owners else np.empty(0, np.int64)
+        code = np.concatenate(code_parts) if code_parts else np.empty(0, np.int16)
+        offered_link = np.concatenate(offered_parts) if offered_parts else np.empty(0, bool)
+        reason.codes = np.concatenate(reason_parts) if reason_parts else reason.codes
+        source.codes = np.concatenate(source_parts) if source_parts else source.codes
+        count = len(clinic_ids)
+        row = np.searchsorted(clinic_ids, owner)
+        known = row < count
+        known[known] = clinic_ids[row[known]] == owner[known]
+        offered, lacking = np.zeros(count, np.uint64), np.zeros(count, np.uint64)
+        bits = np.left_shift(np.uint64(1), code.astype(np.uint64))
+        np.bitwise_or.at(offered, row[known & offered_link], bits[known & offered_link])
+        np.bitwise_or.at(lacking, row[known & ~offered_link], bits[known & ~offered_link])
+        return cls(
+            codes,
+            offered=offered,
+            lacking=lacking,
+            start=np.searchsorted(owner, clinic_ids, side="left").astype(np.int64),
+            end=np.searchsorted(owner, clinic_ids, side="right").astype(np.int64),
+            code=code,
+            offered_link=offered_link,
+            reason=reason,
+            source=source,
+        )
 
     def __getitem__(self, row: int) -> tuple[Link, ...]:
         start, end = int(self._start[row]), int(self._end[row])
@@ -406,18 +454,21 @@ class Columns:
         return len(self.ids)
 
 
-def clinic_columns(rows: Iterable[Sequence[Any]], evidence: dict[int, tuple[Any, ...]]) -> Columns:
-    """Columns of clinic rows in _CLINIC_SELECT's order."""
+def clinic_columns(
+    rows: Iterable[Sequence[Any]], evidence: dict[int, tuple[Any, ...]] | None
+) -> Columns:
+    """Columns of clinic rows in _CLINIC_SELECT's order (with their evidence, if given)."""
     names = ("active", "name", "phone", "phone_original", "website", "source_text",
              "source_file", "needs_review", "review_reasons", "updated")  # fmt: skip
-    out = Columns(values={name: [] for name in (*names, "evidence")})
+    out = Columns(values={name: [] for name in names})
     lists = [out.values[name] for name in names]
     for row in rows:
         out.ids.append(row[0])
         for target, value in zip(lists, row[1:-1], strict=False):
             target.append(value)
         out.values["updated"].append(to_micros(row[-1]))
-        out.values["evidence"].append(evidence.get(row[0], ()))
+    if evidence is not None:
+        out.values["evidence"] = [evidence.get(clinic_id, ()) for clinic_id in out.ids]
     return out
 
 
@@ -585,13 +636,21 @@ def read_all(connection: Connection) -> Snapshot:
     """A snapshot of the whole active directory as ``connection`` sees it, read in chunks.
     The revision is read first, so the rows are as new as it, or newer."""
     revision = read_revision(connection)
-    evidence = _evidence(connection, None)
     clinics = _TableBuilder()
     query = select(*_CLINIC_SELECT).where(_CLINIC.c.active.is_(True)).order_by(_CLINIC.c.id)
     for part in connection.execute(query.execution_options(yield_per=_CHUNK)).partitions():
-        clinics.add(clinic_columns(part, evidence))
-    del evidence
-    clinic_table: ClinicTable = clinics.table(ClinicTable)
+        clinics.add(clinic_columns(part, None))
+    ids = np.concatenate(clinics.ids) if clinics.ids else np.empty(0, dtype=np.int64)
+    links = (
+        select(_LINK.c.clinic_id, _LINK.c.specialty_code, _LINK.c.offered, _LINK.c.reason,
+               _LINK.c.source)
+        .join(_CLINIC, _CLINIC.c.id == _LINK.c.clinic_id)
+        .where(_CLINIC.c.active.is_(True))
+        .order_by(_LINK.c.clinic_id, _LINK.c.specialty_code)
+        .execution_options(yield_per=_CHUNK)
+    )  # fmt: skip
+    evidence = Evidence.read(connection.execute(links).partitions(), ids)
+    clinic_table: ClinicTable = clinics.table(ClinicTable, evidence=evidence)
     clinic_rows = RowIndex(clinic_table.id)
     locations = _TableBuilder()
     clinic_parts: list[NDArray[np.int64]] = []

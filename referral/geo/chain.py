@@ -7,14 +7,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
 from referral.db import get_database
 from referral.directory.models import GeocodePrecision
 from referral.geo.gazetteer import Gazetteer, Place, get_gazetteer
-from referral.geo.network import NetworkGeocoder
 from referral.geo.usps import STATE_CODES
+
+if TYPE_CHECKING:
+    from referral.geo.network import NetworkGeocoder
 
 _ZIP_ANYWHERE = re.compile(r"\b([0-9]{5})(?:-[0-9]{4})?\b")
 _CITY_SPACE_STATE = re.compile(r"([^\W\d][^,\d]*?)\s+([A-Za-z]{2})")
@@ -151,6 +154,10 @@ def build_chain(app: Flask) -> GeocoderChain:
     network = None
     provider = app.config.get("GEOCODER")
     if provider:
+        # Loaded only when configured: geopy and its providers cost a worker ~7 MB that the
+        # offline gazetteer alone never needs (not to dodge an import cycle).
+        from referral.geo.network import NetworkGeocoder
+
         database = get_database(app)
         network = NetworkGeocoder(
             str(provider),
