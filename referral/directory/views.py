@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from flask import Response, current_app, request, url_for
 from flask.views import MethodView
@@ -48,6 +49,8 @@ from referral.timeutil import utcnow
 from referral.web.api import LOCATION_HEADER, Blueprint, problems
 from referral.web.problems import field_error
 
+T = TypeVar("T")
+
 clinics_blp = Blueprint(
     "clinics", __name__, url_prefix="/v1/clinics", description="The clinic directory (public)."
 )
@@ -84,21 +87,23 @@ def _editor() -> ApiKey | None:
     return key if key.has_scope(SCOPE_CLINICS_WRITE) else None
 
 
-def _commit_edit(what: str) -> None:
+def _edit(what: str, action: Callable[[], T]) -> T:
+    """Apply one edit and commit it: 422 naming the field an edit refuses; 412 when another
+    edit of the record won meanwhile, whether the version check fails at the edit's flush or
+    at the commit (a race between two editors)."""
     session = get_session()
     try:
+        done = action()
         session.commit()
+    except admin.EditError as exc:
+        session.rollback()
+        field_error(422, "json", exc.field, exc.reason)
     except StaleDataError:
         session.rollback()
-        field_error(412, "headers", "If-Match", f"the {what} changed meanwhile; fetch it again")
-
-
-def _edit(action: Any) -> Any:
-    try:
-        return action()
-    except admin.EditError as exc:
-        get_session().rollback()
-        field_error(422, "json", exc.field, exc.reason)
+        field_error(
+            412, "headers", "If-Match", f"the {what} changed meanwhile; fetch it again (GET)"
+        )
+    return done
 
 
 def _facts(args: dict[str, Any]) -> FactFilter:
@@ -158,8 +163,7 @@ class Clinics(MethodView):
         """Add a clinic (admin or clinics:write); its locations are added separately."""
         key = _editor()
         assert key is not None
-        clinic = _edit(lambda: admin.create_clinic(get_session(), data, key))
-        _commit_edit("clinic")
+        clinic = _edit("clinic", lambda: admin.create_clinic(get_session(), data, key))
         return clinic, 201, {"Location": url_for("clinics.ClinicById", clinic_id=clinic.id)}
 
 
@@ -204,8 +208,7 @@ class ClinicById(MethodView):
         assert key is not None
         clinic = _clinic_or_404(clinic_id)
         clinics_blp.check_etag(clinic, ClinicSchema)
-        _edit(lambda: admin.update_clinic(get_session(), clinic, data, key))
-        _commit_edit("clinic")
+        _edit("clinic", lambda: admin.update_clinic(get_session(), clinic, data, key))
         return clinic
 
     @clinics_blp.etag
@@ -219,8 +222,7 @@ class ClinicById(MethodView):
         assert key is not None
         clinic = _clinic_or_404(clinic_id)
         clinics_blp.check_etag(clinic, ClinicSchema)
-        admin.update_clinic(get_session(), clinic, {"active": False}, key)
-        _commit_edit("clinic")
+        _edit("clinic", lambda: admin.update_clinic(get_session(), clinic, {"active": False}, key))
 
 
 @clinics_blp.route("/<int(max=2147483647):clinic_id>/locations")
@@ -236,9 +238,9 @@ class ClinicLocations(MethodView):
         assert key is not None
         clinic = _clinic_or_404(clinic_id)
         location = _edit(
-            lambda: admin.create_location(get_session(), clinic, data, key, get_geocoder())
+            "location",
+            lambda: admin.create_location(get_session(), clinic, data, key, get_geocoder()),
         )
-        _commit_edit("location")
         where = url_for("clinics.ClinicLocationById", clinic_id=clinic_id, location_id=location.id)
         return location, 201, {"Location": where}
 
@@ -284,8 +286,10 @@ class ClinicLocationById(MethodView):
         assert key is not None
         location = _location_or_404(clinic_id, location_id)
         clinics_blp.check_etag(location, LocationSchema)
-        _edit(lambda: admin.update_location(get_session(), location, data, key, get_geocoder()))
-        _commit_edit("location")
+        _edit(
+            "location",
+            lambda: admin.update_location(get_session(), location, data, key, get_geocoder()),
+        )
         return location
 
     @clinics_blp.etag
@@ -298,8 +302,12 @@ class ClinicLocationById(MethodView):
         assert key is not None
         location = _location_or_404(clinic_id, location_id)
         clinics_blp.check_etag(location, LocationSchema)
-        admin.update_location(get_session(), location, {"active": False}, key, get_geocoder())
-        _commit_edit("location")
+        _edit(
+            "location",
+            lambda: admin.update_location(
+                get_session(), location, {"active": False}, key, get_geocoder()
+            ),
+        )
 
 
 @specialties_blp.route("")

@@ -67,6 +67,13 @@ def flatten_errors(
     return found
 
 
+# What a 412 says: the ETag sent is not the record's any more.
+STALE_ETAG = (
+    "the record changed since this ETag was read; fetch it again (GET) for its current "
+    "values and ETag, then retry"
+)
+
+
 def field_error(status: int, location: str, field: str, reason: str) -> NoReturn:
     """Abort with a problem naming one field, e.g. field_error(422, "query", "zip", "...")."""
     abort(status, message=f"{field}: {reason}", errors={location: {field: [reason]}})
@@ -87,6 +94,9 @@ def problem_response(error: HTTPException, headers: dict[str, str] | None = None
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     headers = dict(headers or {})
     data = getattr(error, "data", None) or {}
+    if status == 412 and not (data.get("errors") or data.get("messages")):
+        # flask-smorest's own ETag check: say which header, and how to recover.
+        data = {**data, "errors": {"headers": {"If-Match": [STALE_ETAG]}}}
     messages = data.get("errors") or data.get("messages")
     if messages:
         body["invalid_params"] = flatten_errors(messages)
