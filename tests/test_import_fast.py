@@ -19,9 +19,12 @@ from marshmallow import validate
 
 from referral.admin import imports
 from referral.admin.import_fast import UNSURE, compile_field, fast_phone, nanp_valid
+from referral.admin.imports import apply, read
+from referral.admin.imports import validate as checks
+from referral.admin.models import AdminChange
 from referral.admin.service import EditError, normalize_phone
 
-FAST_COLUMNS = sorted(imports._FAST)
+FAST_COLUMNS = sorted(checks._FAST)
 KNOWN_SPECIALTIES = {"orthopedic", "spine", "sports"}
 
 # Odd and hostile cells: edges of every rule, look-alike digits, controls, bidi overrides.
@@ -54,11 +57,11 @@ PHONE_SHAPES = [
 
 
 def reference(column: str, raw: Any) -> tuple[Any, str | None]:
-    return imports._Validator(KNOWN_SPECIALTIES)._reference(column, raw)
+    return checks._Validator(KNOWN_SPECIALTIES)._reference(column, raw)
 
 
 def agrees(column: str, raw: str) -> None:
-    fast = imports._FAST[column](raw)
+    fast = checks._FAST[column](raw)
     if fast is UNSURE:
         return
     value, reason = reference(column, raw)
@@ -96,7 +99,7 @@ def test_fast_path_never_disagrees_on_odd_cells(column: str, raw: str) -> None:
     ],
 )
 def test_fast_path_takes_everyday_cells(column: str, raw: str, value: Any) -> None:
-    fast = imports._FAST[column](raw)
+    fast = checks._FAST[column](raw)
     assert fast == value
     assert reference(column, raw) == (value, None)
 
@@ -105,7 +108,7 @@ def test_fast_path_takes_everyday_cells(column: str, raw: str, value: Any) -> No
 @pytest.mark.parametrize("raw", ODD)
 def test_validator_answers_as_the_reference(column: str, raw: str) -> None:
     """Values and error messages alike, whichever path a cell takes."""
-    validator = imports._Validator(KNOWN_SPECIALTIES)
+    validator = checks._Validator(KNOWN_SPECIALTIES)
     if column in imports.SPECIALTY_COLUMNS:
         expected = reference(column, tuple(code for code in [raw.strip()] if code))
     else:
@@ -213,7 +216,7 @@ def test_read_csv_reads_cells_as_the_reference(header: list[str], data: st.DataO
     writer.writerow(header)
     writer.writerows(records)
     text = buffer.getvalue()
-    parsed = imports.read_csv(text)
+    parsed = read.read_csv(text)
     assert [(row.row, row.values) for row in parsed.rows] == reference_csv_rows(text)
 
 
@@ -235,7 +238,7 @@ def test_read_csv_reads_cells_as_the_reference(header: list[str], data: st.DataO
 )
 def test_specialties_answer_as_the_reference(column: str, codes: tuple[str, ...]) -> None:
     # (read_json has refused lists with other items than text already.)
-    validator = imports._Validator(KNOWN_SPECIALTIES | {"x" * 40, "x" * 41})
+    validator = checks._Validator(KNOWN_SPECIALTIES | {"x" * 40, "x" * 41})
     expected = validator._reference(column, codes)
     assert validator._check(column, codes) == expected
     assert validator._check(column, ";".join(codes)) == expected
@@ -243,7 +246,7 @@ def test_specialties_answer_as_the_reference(column: str, codes: tuple[str, ...]
 
 @pytest.mark.parametrize("column", imports.SPECIALTY_COLUMNS)
 def test_specialties_fast_path_takes_known_codes(column: str) -> None:
-    fast = imports._FAST_LISTS[column]
+    fast = checks._FAST_LISTS[column]
     assert fast is not None
     assert fast(("spine", "sports")) == ["spine", "sports"]
     assert fast(("spine",) * 21) is UNSURE
@@ -256,9 +259,9 @@ def test_both_specialty_columns_are_the_admin_apis_fields() -> None:
 
     fields = ClinicCreateSchema().fields
     for column in imports.SPECIALTY_COLUMNS:
-        assert type(imports._SCHEMA_FIELDS[column]) is type(fields[column])
-        assert repr(imports._SCHEMA_FIELDS[column].validators) == repr(fields[column].validators)
-    validator = imports._Validator(KNOWN_SPECIALTIES)
+        assert type(checks._SCHEMA_FIELDS[column]) is type(fields[column])
+        assert repr(checks._SCHEMA_FIELDS[column].validators) == repr(fields[column].validators)
+    validator = checks._Validator(KNOWN_SPECIALTIES)
     for raw in ["spine;nope;nope", "spine;" * 21, "x" * 41, "spine;sports"]:
         assert validator.check("specialties_not_offered", raw) == validator.check(
             "specialties", raw
@@ -283,9 +286,9 @@ def test_change_log_diffs_are_stored_as_core_stores_them(value: Any) -> None:
     from sqlalchemy.dialects import sqlite
 
     dialect = sqlite.dialect()
-    table = imports._table(imports.AdminChange)
+    table = apply._table(AdminChange)
     core = table.c["diff"].type.dialect_impl(dialect).bind_processor(dialect)
-    ours = imports._driver_value(table, "diff", dialect)
+    ours = apply._driver_value(table, "diff", dialect)
     assert core is not None and ours is not None and ours is not core
     assert ours(value) == core(value)
 
@@ -306,7 +309,7 @@ EVERYDAY = {
 
 
 def cell_by_cell(
-    validator: imports._Validator, column: str, raws: list[Any]
+    validator: checks._Validator, column: str, raws: list[Any]
 ) -> tuple[list[Any], list[tuple[int, str]]]:
     """A column checked one cell at a time (the path every cell could take)."""
     values, problems = [], []
@@ -328,20 +331,20 @@ def test_a_column_answers_as_its_cells(data: st.DataObject, column: str) -> None
     if column in imports.SPECIALTY_COLUMNS:
         cell = cell | st.lists(st.sampled_from([*KNOWN_SPECIALTIES, "x", " ", "a\x00"]))
     raws = data.draw(st.lists(cell, max_size=12))
-    validator = imports._Validator(KNOWN_SPECIALTIES)
+    validator = checks._Validator(KNOWN_SPECIALTIES)
     got = validator._column(column, raws)
     assert got == cell_by_cell(validator, column, raws)
 
 
 @settings(max_examples=400, deadline=None)
-@given(data=st.data(), column=st.sampled_from(sorted(imports._FAST_COLUMNS)))
+@given(data=st.data(), column=st.sampled_from(sorted(checks._FAST_COLUMNS)))
 def test_column_check_is_the_cell_check(data: st.DataObject, column: str) -> None:
     """A whole column passes exactly when each cell does (numbers: each finite one), with
     the cells' own values."""
     cell = st.sampled_from(EVERYDAY[column]) | st.sampled_from(ODD) | st.text(max_size=12)
     raws = data.draw(st.lists(cell, max_size=8))
-    cells = [imports._FAST[column](raw) for raw in raws]
-    whole = imports._FAST_COLUMNS[column](raws)
+    cells = [checks._FAST[column](raw) for raw in raws]
+    whole = checks._FAST_COLUMNS[column](raws)
     if whole is None:
         assert any(
             value is UNSURE or (isinstance(value, float) and not math.isfinite(value))
