@@ -441,3 +441,12 @@ def test_a_dense_cluster_of_duplicates_stays_exact():
         for limit in (1, 10, 50):
             args = (frozenset({"ortho"}), None, limit, NO_FACTS)
             assert indexed(snapshot, lat, lon, *args) == brute_force(recs, distances, *args)
+
+
+def test_a_zero_radius_counts_what_sits_on_the_origin():
+    # Found by hypothesis: 1 - cos of coincident unit vectors is lost to rounding, so the
+    # counts measure squared chords.
+    recs = [Rec(1, -69.30463046789262, 68.45692974796407, frozenset()), Rec(2, 10, 10, frozenset())]
+    snapshot = build(recs)
+    answer = indexed(snapshot, recs[0].lat, recs[0].lon, frozenset({"ortho"}), 0.0, 0, NO_FACTS)
+    assert answer.excluded == {"specialty": 1}

@@ -462,10 +462,10 @@ def _excluded(
     if len(bits):
         # Surely in or surely out by the chord's bounds (a dot product per point left out);
         # the thin shell between them measured exactly.
-        # On the unit sphere chord^2 = 2 - 2 cos: compare cosines with the bounds' chords.
-        cosines = points.blocked_xyz @ q.reshape(-1)
-        inside = cosines >= 1.0 - chord_surely_within(radius_km) ** 2 / 2.0
-        maybe = cosines >= 1.0 - chord_within(radius_km) ** 2 / 2.0
+        # Squared chords (not 2 - 2 cos, which loses what a short distance is made of).
+        chords2 = np.square(points.blocked_xyz - q).sum(axis=1)
+        inside = chords2 <= chord_surely_within(radius_km) ** 2
+        maybe = chords2 <= chord_within(radius_km) ** 2
         shell = np.flatnonzero(maybe & ~inside)
         if len(shell):
             measured = _measure(space, lat, lon, points.blocked_points[shell])
