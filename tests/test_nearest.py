@@ -476,10 +476,10 @@ def test_no_request_waits_for_a_refresh(database_url, monkeypatch):
         release, started = threading.Event(), threading.Event()
         refreshed = readmodel._refreshed
 
-        def held(engine, old):
+        def held(engine, old, **options):
             started.set()
             assert release.wait(20)
-            return refreshed(engine, old)
+            return refreshed(engine, old, **options)
 
         monkeypatch.setattr(readmodel, "_refreshed", held)
         _elsewhere(app, "UPDATE location SET lat = -45.0, lon = 170.0, revision = :revision "
@@ -607,3 +607,38 @@ def test_a_revision_that_goes_back_still_rebuilds(database_url):
         )
     finally:
         get_database(app).dispose()
+
+
+def test_a_writer_pays_for_its_edit_not_for_a_whole_rebuild(app, client, editor, monkeypatch):
+    """An edit the read model can patch in is seen by its writer at once; one too large to
+    patch (an import) is read whole in the background, and seen within the bound."""
+    from referral.directory import readmodel
+
+    query = "/v1/locations/nearest?lat=-45.0&lon=170.0&limit=1"
+    first = client.get(query).get_json()["results"][0]
+    clinic_id = client.get("/v1/clinics", query_string={"q": "Shea"}).get_json()[0]["id"]
+    calls = []
+    refreshed = readmodel._refreshed
+
+    def spy(engine, old, **options):
+        found = refreshed(engine, old, **options)
+        calls.append((options, found is None))
+        return found
+
+    monkeypatch.setattr(readmodel, "_refreshed", spy)
+    monkeypatch.setattr(readmodel, "_DELTA_FLOOR", 0)
+    monkeypatch.setattr(readmodel, "_DELTA_SHARE", 0.0)
+    added = client.post(
+        f"/v1/clinics/{clinic_id}/locations",
+        json={"city": "Invercargill", "state": "MN", "lat": -45.0, "lon": 170.0},
+        headers=auth(editor["admin"]),
+    )
+    assert added.status_code == 201
+    # The writer's own refresh declined the whole read and left it to the background.
+    assert calls[0] == ({"whole_here": False}, True)
+    _eventually(
+        lambda: (
+            client.get(query).get_json()["results"][0]["location"]["id"] == added.get_json()["id"]
+        )
+    )
+    assert first["location"]["id"] != added.get_json()["id"]

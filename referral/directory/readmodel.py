@@ -31,7 +31,7 @@ from referral.directory.listing import listing
 from referral.directory.models import Location
 from referral.directory.readbuild import read_in_child
 from referral.directory.search import facets, spatial
-from referral.directory.snapshot import Snapshot, read_all, read_changes
+from referral.directory.snapshot import Snapshot, count_changes, read_all, read_changes
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ class ReadModel:
     def current(self, session: Session, check_seconds: float) -> Snapshot:
         snapshot = self.snapshot
         if snapshot is None:
-            return self.refresh()
+            first = self.refresh()
+            assert first is not None
+            return first
         now = time.monotonic()
         generation = revisions.local_generation()
         if generation != self._generation or now - self._checked_at >= check_seconds:
@@ -70,16 +72,21 @@ class ReadModel:
                 self._refresh_in_background()
         return snapshot
 
-    def refresh(self) -> Snapshot:
+    def refresh(self, *, whole_here: bool = True) -> Snapshot | None:
         """Bring the snapshot up to the database's revision, on this thread; a refresh
-        running on another thread is waited for, then this one reads what is left."""
+        running on another thread is waited for, then this one reads what is left. Without
+        ``whole_here`` a change that needs a whole read is left to a background refresh
+        (and None returned): a writer pays for its own edit, not for a rebuild."""
         with self._refreshing:
             self._pending.clear()
             engine = self._engine()
             if engine is None:  # the app and its engine are gone
                 raise RuntimeError("the database engine of this read model was disposed")
-            self.snapshot = _refreshed(engine, self.snapshot)
-            return self.snapshot
+            refreshed = _refreshed(engine, self.snapshot, whole_here=whole_here)
+            if refreshed is None:
+                return None
+            self.snapshot = refreshed
+            return refreshed
 
     def _refresh_in_background(self) -> None:
         if self._pending.is_set() or self._refreshing.locked():
@@ -95,19 +102,24 @@ class ReadModel:
             log.exception("read model: refresh failed")
 
 
-def _refreshed(engine: Engine, old: Snapshot | None) -> Snapshot:
+def _refreshed(engine: Engine, old: Snapshot | None, *, whole_here: bool) -> Snapshot | None:
     started = time.perf_counter()
     with engine.connect() as connection, without_statement_timeout(connection):
         current = revisions.read_revision(connection)
         if old is not None and current == old.revision:
             return old
-        changes = None
-        if old is not None and current > old.revision and old.dead_rows < _DEAD_SHARE * old.size:
+        delta = (
+            old is not None
+            and current > old.revision
+            and old.dead_rows < _DEAD_SHARE * old.size
+            and count_changes(connection, old.revision)
+            <= max(_DELTA_FLOOR, _DELTA_SHARE * old.size)
+        )
+        if delta and old is not None:
             changes = read_changes(connection, old.revision)
-            if changes.size > max(_DELTA_FLOOR, _DELTA_SHARE * old.size):
-                changes = None
-        if changes is not None and old is not None:
             new, how = old.with_changes(changes), f"{changes.size} changed rows"
+        elif not whole_here:
+            return None
         elif _large(connection):
             new, how = read_in_child(engine.url.render_as_string(hide_password=False)), "child"
         else:
@@ -123,6 +135,10 @@ def _refreshed(engine: Engine, old: Snapshot | None) -> Snapshot:
         time.perf_counter() - started,
     )
     return new
+
+
+def _delta_limit(old: Snapshot) -> float:
+    return max(_DELTA_FLOOR, _DELTA_SHARE * old.size)
 
 
 def _large(connection: Connection) -> bool:
@@ -175,7 +191,8 @@ def _after_directory_commit(session: Session) -> None:
     if model is None or model.snapshot is None:
         return  # nothing here reads the directory (a CLI command): nothing to keep fresh
     try:
-        model.refresh()
+        if model.refresh(whole_here=False) is None:
+            model._refresh_in_background()
     except Exception:  # the commit stands; readers pick the change up at the next check
         log.exception("read model: refresh after a commit failed")
 

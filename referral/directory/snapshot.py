@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, Table, Text, cast, or_, select
+from sqlalchemy import Connection, Table, Text, cast, func, or_, select
 
 from referral.directory.models import Clinic, ClinicSpecialty, Location
 from referral.directory.revision import read_revision
@@ -632,6 +632,21 @@ def read_changes(connection: Connection, since: int) -> Changes:
     return Changes(revision, clinic_columns(rows, evidence), location_columns(locations), False)
 
 
+def count_changes(connection: Connection, since: int) -> int:
+    """How many rows ``read_changes(connection, since)`` would read (to choose between it and
+    a whole read without reading them)."""
+    changed = select(_CLINIC.c.id).where(_CLINIC.c.revision > since)
+    clinics = select(func.count()).select_from(_CLINIC).where(_CLINIC.c.revision > since)
+    locations = (
+        select(func.count())
+        .select_from(_LOCATION)
+        .where(or_(_LOCATION.c.revision > since, _LOCATION.c.clinic_id.in_(changed)))
+    )
+    return int(
+        connection.execute(clinics).scalar_one() + connection.execute(locations).scalar_one()
+    )
+
+
 def read_all(connection: Connection) -> Snapshot:
     """A snapshot of the whole active directory as ``connection`` sees it, read in chunks.
     The revision is read first, so the rows are as new as it, or newer."""
@@ -776,6 +791,7 @@ __all__ = [
     "RowIndex",
     "Snapshot",
     "Texts",
+    "count_changes",
     "from_micros",
     "load_snapshot",
     "read_changes",
