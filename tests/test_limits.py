@@ -160,11 +160,35 @@ def test_an_unreachable_limit_store_falls_back_to_memory(database_url):
 
 def test_limits_can_be_switched_off(database_url):
     app = build_app(database_url, RATELIMIT_ENABLED=False, RATELIMIT_PUBLIC="1 per hour")
+    assert app.extensions["referral_limiter_hooks"] == "none"
     client = app.test_client()
     for _ in range(3):
         response = client.get("/v1/specialties")
         assert response.status_code == 200
         assert "X-RateLimit-Limit" not in response.headers
+    get_database(app).dispose()
+
+
+def test_the_limiter_runs_only_where_limits_are_unless_one_applies_everywhere(database_url):
+    # No app-wide limit (the settings here): the limiter's hooks run only for the limited
+    # blueprints, and a request elsewhere (a probe, the docs) skips them.
+    app = build_app(database_url, RATELIMIT_PUBLIC="1 per hour")
+    assert app.extensions["referral_limiter_hooks"] == "blueprints"
+    client = app.test_client()
+    assert client.get("/v1/specialties").status_code == 200
+    assert_rate_limited(client.get("/v1/concerns"))
+    for _ in range(3):
+        assert client.get("/openapi.json").status_code == 200
+        assert "X-RateLimit-Limit" not in client.get("/healthz").headers
+    get_database(app).dispose()
+    # A Flask-Limiter default limit (RATELIMIT_DEFAULT) applies to every endpoint: its hooks
+    # then stay on every request, and it holds (with Retry-After) on the docs too.
+    app = build_app(database_url, RATELIMIT_DEFAULT="2 per hour")
+    assert app.extensions["referral_limiter_hooks"] == "app"
+    client = app.test_client()
+    statuses = [client.get("/openapi.json").status_code for _ in range(2)]
+    assert statuses == [200, 200]
+    assert_rate_limited(client.get("/openapi.json"))
     get_database(app).dispose()
 
 

@@ -28,7 +28,8 @@ from tests.conftest import REPO_ROOT, build_app
 from tests.helpers import assert_problem, auth
 from tests.live import OPENER, free_port, serve, wait_for
 
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+# A request id the service makes: 32 lowercase hex digits (128 random bits).
+MADE_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -138,19 +139,19 @@ def test_a_hostile_request_id_is_replaced(client, presented):
     response = client.get("/v1/specialties", headers={"X-Request-ID": presented})
     echoed = response.headers["X-Request-ID"]
     assert echoed != presented
-    assert UUID_RE.fullmatch(echoed), echoed
+    assert MADE_ID_RE.fullmatch(echoed), echoed
 
 
 def test_a_request_id_is_made_for_every_answer(client):
     seen = set()
     for path in ("/v1/specialties", "/healthz", "/no/such/page", "/v1/clinics?page=1%00"):
         response = client.get(path)
-        assert UUID_RE.fullmatch(response.headers["X-Request-ID"]), path
+        assert MADE_ID_RE.fullmatch(response.headers["X-Request-ID"]), path
         seen.add(response.headers["X-Request-ID"])
     assert len(seen) == 4
     refused = client.get("/v1/clinics", query_string={"city": "a\x00b"})
     assert refused.status_code == 422
-    assert UUID_RE.fullmatch(refused.headers["X-Request-ID"])
+    assert MADE_ID_RE.fullmatch(refused.headers["X-Request-ID"])
 
 
 # --- metrics in one process ------------------------------------------------------------------
@@ -321,7 +322,7 @@ def test_json_logs_carry_request_ids_but_no_query_body_or_key(database_url, tmp_
     assert access["trace-referral-1"]["status"] == 201
     assert access["trace-referral-1"]["route"] == "/v1/referrals"
     hostile_id = hostile.headers["X-Request-ID"]
-    assert UUID_RE.fullmatch(hostile_id) and access[hostile_id]["status"] == 200
+    assert MADE_ID_RE.fullmatch(hostile_id) and access[hostile_id]["status"] == 200
     # App lines logged during a request carry its id (here: Flask-Limiter's refusal).
     refusal = [e for e in entries if e["logger"] == "flask-limiter"]
     assert refusal and all(e.get("request_id") == "trace-nearest-2" for e in refusal), why
@@ -405,6 +406,29 @@ def test_a_new_request_id_is_unique():
     assert accept_or_make(str(uuid.UUID(int=7))) == str(uuid.UUID(int=7))
 
 
+def test_made_request_ids_are_random_hex_not_a_count():
+    from referral.ops.requestid import make
+
+    made = [make() for _ in range(10_000)]
+    assert all(MADE_ID_RE.fullmatch(value) for value in made), made[:3]
+    assert len(set(made)) == len(made)
+    # Random throughout: no per-process prefix or counter that would tell a client how busy
+    # a worker is (two ids sharing their first 8 digits: odds of 1 in 4 billion).
+    first, second = made[:2]
+    assert first[:8] != second[:8] and first[-8:] != second[-8:], made[:2]
+    # Another process (a forked worker) makes its own.
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, make().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        theirs = pipe.read()
+    assert MADE_ID_RE.fullmatch(theirs) and theirs not in made
+
+
 def test_log_lines_drop_query_strings_and_exception_messages(app):
     import logging
 
@@ -430,3 +454,220 @@ def test_log_lines_drop_query_strings_and_exception_messages(app):
     assert line["exc_type"] == "ValueError"
     assert line["traceback"].startswith("Traceback (most recent call last):")
     assert "Evergreen" not in json.dumps(line) and "pt-991" not in json.dumps(line)
+
+
+# --- the per-request work, done cheaply: same lines, same counts -----------------------------
+
+
+def test_timestamps_are_utc_milliseconds_exactly_as_isoformat_writes_them():
+    from datetime import UTC, datetime
+
+    from referral.ops.logs import _timestamp
+
+    moments = [0.0, 0.0005, 0.9999996, 1767621791.2071, 1767621791.9999, 1767621792.0]
+    moments += [4102444799.999, 1767621791.0005, 1767621791.9995]
+    moments += [1767621791 + n / 997 for n in range(2000)]  # many within one second, in order
+    for created in moments:
+        stamp = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert _timestamp(created) == stamp.replace("+00:00", "Z"), created
+
+
+ACCESS_CASES: list[dict[str, Any]] = [
+    {
+        "request_id": "trace-1",
+        "method": "GET",
+        "route": "/v1/clinics/<int(max=2147483647):clinic_id>",
+        "path": "/v1/clinics/7",
+        "status": 200,
+        "duration_ms": 4.213,
+        "sent": 2291,
+        "remote_addr": "203.0.113.9",
+    },
+    {  # what a hostile client controls: the method and the path
+        "request_id": None,
+        "method": "BR\nEW",
+        "route": None,
+        "path": '/a"b\\c\u00e9\n\u2028' + "x" * 300 + "?address=742+Evergreen",
+        "status": 404,
+        "duration_ms": 0.0,
+        "sent": None,
+        "remote_addr": None,
+    },
+    {
+        "request_id": "x",
+        "method": None,
+        "route": None,
+        "path": None,
+        "status": 431,
+        "duration_ms": 12345.5,
+        "sent": 0,
+        "remote_addr": "",
+    },
+]
+
+
+@pytest.mark.parametrize("case", ACCESS_CASES)
+def test_an_access_line_is_what_the_json_formatter_writes(case):
+    import logging
+
+    from referral.ops import logs
+
+    created = 1767621791.2071
+    line = logs.access_line(created, **case)
+    # The same fields through the logging machinery, as every other line is written.
+    record = logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, "request", None, None)
+    record.created = created
+    record.fields = {  # type: ignore[attr-defined]
+        "request_id": case["request_id"],
+        "method": logs.safe_method(case["method"]),
+        "route": case["route"],
+        "path": logs.safe_path(case["path"]),
+        "status": case["status"],
+        "duration_ms": case["duration_ms"],
+        "bytes": case["sent"],
+        "remote_addr": case["remote_addr"],
+    }
+    assert line == logs.JsonFormatter().format(record)
+    parsed = json.loads(line)
+    assert "\n" not in line and "Evergreen" not in line and "?" not in str(parsed["path"])
+    assert parsed["method"] in ("GET", "OTHER")
+
+
+@pytest.fixture
+def restored_logging():
+    """GunicornJsonLogger configures the root and gunicorn loggers: put them back after."""
+    import logging
+
+    saved = {}
+    for name in (None, "gunicorn.error", "gunicorn.access", "alembic"):
+        log = logging.getLogger(name)
+        saved[name] = (list(log.handlers), log.level, log.propagate)
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        log = logging.getLogger(name)
+        for handler in list(log.handlers):
+            if handler not in handlers:
+                log.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in log.handlers:
+                log.addHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
+def test_the_access_log_writes_the_same_line_directly_or_through_logging(
+    tmp_path, restored_logging
+):
+    from datetime import timedelta
+
+    from gunicorn.config import Config
+
+    from referral.ops.logs import GunicornJsonLogger
+    from referral.ops.requestid import ENVIRON_ID, ENVIRON_ROUTE
+
+    config = Config()
+    config.set("accesslog", str(tmp_path / "access.log"))
+    config.set("errorlog", str(tmp_path / "error.log"))
+    logger = GunicornJsonLogger(config)
+    assert logger._access_streams, "gunicorn's access file should be written directly"
+
+    class Req:
+        method = "GET"
+        path = "/v1/locations/nearest?address=742+Evergreen+Terrace"
+
+    class Resp:
+        status = "200 OK"
+        status_code = 200
+        sent = 2291
+
+    environ = {
+        ENVIRON_ID: "trace-9",
+        ENVIRON_ROUTE: "/v1/locations/nearest",
+        "REMOTE_ADDR": "203.0.113.9",
+    }
+    logger.access(Resp, Req, environ, timedelta(microseconds=4213))
+    # A handler with a filter (or syslog, or a logconfig): the logging path instead.
+    logger.access_log.handlers[0].addFilter(lambda record: True)
+    logger.access(Resp, Req, environ, timedelta(microseconds=4213))
+    lines = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line.pop("ts"))
+    assert (
+        lines[0]
+        == lines[1]
+        == {
+            "level": "INFO",
+            "logger": "gunicorn.access",
+            "msg": "request",
+            "pid": os.getpid(),
+            "request_id": "trace-9",
+            "method": "GET",
+            "route": "/v1/locations/nearest",
+            "path": "/v1/locations/nearest",
+            "status": 200,
+            "duration_ms": 4.213,
+            "bytes": 2291,
+            "remote_addr": "203.0.113.9",
+        }
+    )
+    assert (tmp_path / "error.log").read_text() == ""
+
+
+def test_healthz_is_the_floor_and_still_counted(client):
+    from referral.ops import metrics
+
+    before = client.get("/metrics").get_data(as_text=True)
+    for _ in range(3):
+        response = client.get("/healthz")
+        assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+        assert response.headers["Content-Type"] == "application/json"
+        assert MADE_ID_RE.fullmatch(response.headers["X-Request-ID"])
+    label_sets = len(metrics._children)
+    # Unknown methods are one label set (OTHER), however many a client invents.
+    for number in range(30):
+        assert client.open("/healthz", method=f"BREW{number}").status_code == 405
+    assert len(metrics._children) <= label_sets + 1
+    after = client.get("/metrics").get_data(as_text=True)
+
+    def delta(name: str, **labels: str) -> float:
+        def total(text: str) -> float:
+            return sum(
+                value
+                for key, value in samples(text, name).items()
+                if all(dict(key).get(k) == v for k, v in labels.items())
+            )
+
+        return total(after) - total(before)
+
+    healthz = {"endpoint": "ops.healthz", "method": "GET"}
+    assert delta("referral_http_requests_total", status="200", **healthz) == 3
+    assert delta("referral_http_request_duration_seconds_count", **healthz) == 3
+    assert 0 < delta("referral_http_request_duration_seconds_sum", **healthz) < 3
+    assert delta("referral_http_request_duration_seconds_bucket", le="+Inf", **healthz) == 3
+    assert (
+        delta("referral_http_requests_total", endpoint="unmatched", method="OTHER", status="405")
+        == 30
+    )
+
+
+def test_probes_pass_no_rate_limit_hook(app):
+    from referral.ops.limits import _limiter_hook, get_limiter
+
+    limiter = get_limiter(app)
+    assert app.extensions["referral_limiter_hooks"] == "blueprints"
+
+    def limiter_hooks(blueprint: str | None) -> int:
+        hooks = [
+            *app.before_request_funcs.get(blueprint, []),
+            *app.after_request_funcs.get(blueprint, []),
+            *app.teardown_request_funcs.get(blueprint, []),
+        ]
+        return sum(1 for hook in hooks if _limiter_hook(hook, limiter))
+
+    # Every request passes the app's own hooks, /healthz the ops blueprint's too: none of
+    # them is the limiter's. Each limited blueprint has all three.
+    assert limiter_hooks(None) == 0 and limiter_hooks("ops") == 0
+    for blueprint in ("clinics", "locations", "specialties", "concerns", "exports", "referrals"):
+        assert limiter_hooks(blueprint) == 3, blueprint

@@ -4,7 +4,9 @@ A plain Flask blueprint, not part of the public API: these are not in openapi.ya
 offered to browsers (no CORS), and never rate limited (a probe must not be refused).
 
 - /healthz: the process answers. No database: a database outage must not make an
-  orchestrator restart every healthy worker.
+  orchestrator restart every healthy worker. It is the floor of what a request costs
+  (docs/operations.md, "What a request costs"): it passes the hooks every request passes
+  (request id, metrics, access log) and nothing more.
 - /readyz: the database answers and its schema is at the migrations' head; 503 otherwise, so
   a load balancer sends no traffic to a server that cannot serve it.
 - /metrics: Prometheus text format; needs ``Authorization: Bearer <METRICS_TOKEN>`` when
@@ -35,9 +37,17 @@ def _no_store(response: Response) -> Response:
     return response
 
 
+# The answer never changes: its bytes are made once (as jsonify would make them).
+HEALTHY = b'{"status":"ok"}\n'
+_HEALTHY_HEADERS = (("Cache-Control", "no-store"),)
+
+
 @ops_blp.get("/healthz")
 def healthz() -> Response:
-    return _no_store(jsonify(status="ok"))
+    # Nothing else: no database, no rate limit, no hook of its own (liveness, not readiness).
+    return current_app.response_class(
+        HEALTHY, mimetype="application/json", headers=_HEALTHY_HEADERS
+    )
 
 
 def _head_revision(app: Flask) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RouteLimit
+from flask_limiter.constants import ConfigVars
 from flask_smorest.spec.plugins import FlaskPlugin
 from limits.storage import RedisStorage
 
@@ -32,6 +33,10 @@ from limits.storage import RedisStorage
 PUBLIC_BLUEPRINTS = ("clinics", "locations", "specialties", "concerns", "exports")
 GEOCODE_BLUEPRINT = "locations"
 INTAKE_ENDPOINT = "referrals.Referrals"
+# Every blueprint with a limit: the public ones, and the one of referral intake.
+LIMITED_BLUEPRINTS = (*PUBLIC_BLUEPRINTS, INTAKE_ENDPOINT.partition(".")[0])
+# Flask-Limiter's settings for limits on every request (this module sets none of them).
+APP_WIDE_LIMITS = (ConfigVars.DEFAULT_LIMITS, ConfigVars.APPLICATION_LIMITS, ConfigVars.META_LIMITS)
 RATE_LIMITED_RESPONSE = "RATE_LIMITED"
 
 
@@ -137,6 +142,60 @@ return {current, redis.call("ttl", KEYS[1])}
         return float(super().get_expiry(key)) if expiry is None else float(expiry)
 
 
+def _limiter_hook(func: Any, limiter: Limiter) -> bool:
+    # Its hooks are bound methods (``limiter._check_request_limit``) or partials of its class's
+    # functions with the instance first (``partial(Limiter.__inject_headers, limiter)``).
+    if getattr(func, "__self__", None) is limiter:
+        return True
+    args: tuple[Any, ...] = getattr(func, "args", None) or ()
+    return bool(args) and args[0] is limiter
+
+
+def _hooks_only_where_limits_are(app: Flask, limiter: Limiter) -> None:
+    """Move Flask-Limiter's request hooks (and ours) from the app to the limited blueprints.
+
+    Flask-Limiter hooks every request of the app: before it, it works out which limits apply
+    to the endpoint (none, for anything outside the limited blueprints, but it takes as long
+    as a probe's whole answer to find that out); after it, it looks for headers to add. Here
+    no limit applies to the whole app (no RATELIMIT_DEFAULT, _APPLICATION or _META: this
+    module sets none), so the same hooks are given to the limited blueprints instead and
+    every other request (probes, docs, widget, admin, 404s) skips them. Each keeps its place:
+    after the app's own before-request hooks and before the blueprint's (which, for
+    referrals, enter the intake limit), after the blueprint's after-request hooks.
+    """
+    app_after = app.after_request_funcs.setdefault(None, [])
+    if not limiter.enabled:  # RATELIMIT_ENABLED=false: no limits, no hooks, no 429 to fix
+        app_after.remove(_retry_after_at_least_one_second)
+        app.extensions["referral_limiter_hooks"] = "none"
+        return
+    app.extensions["referral_limiter_hooks"] = "app"
+    if any(app.config.get(name) for name in APP_WIDE_LIMITS):
+        return  # some limit applies everywhere: the hooks stay on every request
+    hooks: dict[str, list[Any]] = {
+        "before": app.before_request_funcs.setdefault(None, []),
+        "after": app_after,
+        "teardown": app.teardown_request_funcs.setdefault(None, []),
+    }
+    found = {
+        where: [f for f in funcs if _limiter_hook(f, limiter)] for where, funcs in hooks.items()
+    }
+    if any(len(funcs) != 1 for funcs in found.values()):
+        return  # not the hooks this version of Flask-Limiter was known to add: leave them
+    for where, funcs in hooks.items():
+        funcs.remove(found[where][0])
+    app_after.remove(_retry_after_at_least_one_second)
+    # Ours first in the list: Flask runs after-request hooks in reverse, so it runs after the
+    # limiter's and sees the headers the limiter wrote.
+    after = [_retry_after_at_least_one_second, found["after"][0]]
+    for name in LIMITED_BLUEPRINTS:
+        if name not in app.blueprints:
+            continue
+        app.before_request_funcs.setdefault(name, []).insert(0, found["before"][0])
+        app.after_request_funcs.setdefault(name, [])[:0] = after
+        app.teardown_request_funcs.setdefault(name, []).insert(0, found["teardown"][0])
+    app.extensions["referral_limiter_hooks"] = "blueprints"
+
+
 def init_app(app: Flask) -> None:
     # Registered before the limiter's own hook, so it runs after it (Flask runs after-request
     # hooks in reverse) and sees the headers the limiter wrote.
@@ -158,6 +217,7 @@ def init_app(app: Flask) -> None:
     finally:
         app.config["RATELIMIT_STORAGE_URI"] = configured
     app.extensions["referral_limiter"] = limiter
+    _hooks_only_where_limits_are(app, limiter)
 
     public = limiter.shared_limit(
         lambda: str(_setting("RATELIMIT_PUBLIC")),

@@ -15,9 +15,9 @@ the path or query string; the method is one of the standard ones or OTHER.
 from __future__ import annotations
 
 import os
-import time
+from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -86,19 +86,26 @@ def exposition() -> Response:
     return response
 
 
-def init_app(app: Flask) -> None:
-    def start_clock() -> None:
-        g.metrics_started = time.perf_counter()
+# (endpoint, method, status) -> the counter's and the histogram's children for those labels.
+# Label values are bounded (endpoint names, METHODS + OTHER, HTTP statuses), so is this.
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def count(response: Response) -> Response:
-        started = g.get("metrics_started")
-        endpoint = request.endpoint or UNMATCHED
-        method = request.method if request.method in METHODS else "OTHER"
-        REQUESTS.labels(endpoint=endpoint, method=method, status=str(response.status_code)).inc()
-        if started is not None:
-            LATENCY.labels(endpoint=endpoint, method=method).observe(time.perf_counter() - started)
-        return response
 
-    # First of all before-request hooks, so a request refused by an earlier hook is timed too.
-    app.before_request_funcs.setdefault(None, []).insert(0, start_clock)
-    app.after_request(count)
+def request_answered(endpoint: str | None, method: str, status: int, seconds: float | None) -> None:
+    """Count one answered request and its duration (when it was timed).
+
+    ``labels()`` checks and converts its arguments and takes a lock on every call: the two
+    children are looked up once per label set and kept, so a request costs three value
+    updates (the counter, the histogram's sum and one bucket) and nothing else.
+    """
+    # Keyed by the labels, never the raw method: clients may send any token as a method.
+    key = (endpoint or UNMATCHED, method if method in METHODS else "OTHER", status)
+    children = _children.get(key)
+    if children is None:
+        children = _children.setdefault(
+            key,
+            (REQUESTS.labels(key[0], key[1], str(status)), LATENCY.labels(key[0], key[1])),
+        )
+    children[0].inc()
+    if seconds is not None:
+        children[1].observe(seconds)
