@@ -78,8 +78,6 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": 64 * 1024,
         # Idempotency-Key records: kept at least a day so late retries still replay.
         "IDEMPOTENCY_RETENTION_HOURS": 48,
-        # An in-flight key older than this belonged to a request that died: retries take over.
-        "IDEMPOTENCY_STALE_SECONDS": 60,
         # Public GETs may be cached briefly by browsers and CDNs.
         "PUBLIC_CACHE_MAX_AGE": 60,
         # How long a worker trusts an API key's row (referral/auth/keys.py): a key revoked

@@ -4,7 +4,12 @@ gunicorn workers are killed with SIGKILL and, once, the whole server is killed a
 Used by tests/test_faults.py (short form, in CI) and bench/faults.py (long form). Afterwards
 ``verify`` checks what a client was promised: every referral acknowledged with 201 is stored,
 with the id it was given; no idempotency key produced two referrals; no referral exists
-without the key that made it; and the database passes its own integrity checks.
+without the key that made it; no key is stuck (every record is a finished answer); and the
+database passes its own integrity checks.
+
+``holding_app`` is the service with one test hook, for servers that must hold a request in the
+middle of its transaction (``Holds``): tests/test_faults.py kills a worker there,
+tests/test_referrals_concurrency.py sends the same key again meanwhile.
 """
 
 from __future__ import annotations
@@ -31,9 +36,8 @@ import sqlalchemy as sa
 from tests.live import OPENER, free_port, wait_for
 
 BODY: dict[str, Any] = {"origin": {"zip": "55413"}, "concerns": ["running_low_back_pain"]}
-# Short enough that a claim left by a killed worker is taken over within the run.
-STALE_SECONDS = 2
 REQUEST_TIMEOUT = 15
+DEFAULT_APP = "referral:create_app()"
 
 
 @dataclass
@@ -47,23 +51,31 @@ class Server:
     process: subprocess.Popen | None = None
     base: str = ""
     starts: int = 0
+    # What gunicorn serves: the service, or e.g. "tests.faultload:holding_app()" (then
+    # gunicorn is started as `referral serve` starts it, with the service's own config).
+    app: str = DEFAULT_APP
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         port = free_port()
-        script = Path(sys.executable).parent / "referral"
         env = {
             **os.environ,
             "REFERRAL_DATABASE_URL": self.database_url,
-            "REFERRAL_IDEMPOTENCY_STALE_SECONDS": str(STALE_SECONDS),
             # Limits are not what is under test here; keep them out of the way.
             "REFERRAL_RATELIMIT_REFERRALS": "1000000 per minute",
+            **self.env,
         }
+        options = ["--bind", f"127.0.0.1:{port}", "--workers", str(self.workers),
+                   "--threads", str(self.threads), "--timeout", "30"]  # fmt: skip
+        if self.app == DEFAULT_APP:
+            argv = [str(Path(sys.executable).parent / "referral"), "serve", *options]
+        else:
+            argv = [sys.executable, "-m", "gunicorn", "--config",
+                    "python:referral.ops.gunicorn_config", *options, self.app]  # fmt: skip
         self.starts += 1
         log = (self.workdir / f"server-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
-            [str(script), "serve", "--bind", f"127.0.0.1:{port}", "--workers",
-             str(self.workers), "--threads", str(self.threads), "--timeout", "30"],
-            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            argv, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         log.close()
@@ -156,7 +168,9 @@ def client(server: Server, token: str, tally: Tally, stop: threading.Event,
                 with tally.lock:
                     tally.acknowledged[key] = body["id"]
                 break
-            if status not in (0, 409, 500, 502, 503, 504):
+            # No 409: a retry that meets its first attempt still at work waits for it, and
+            # one whose first attempt died finds nothing of it.
+            if status not in (0, 500, 502, 503, 504):
                 raise AssertionError(f"unexpected answer {status}: {body}")
             if time.monotonic() > deadline:
                 with tally.lock:
@@ -237,12 +251,14 @@ class Verdict:
     wrong_ids: list[str]
     integrity: list[str]
     integrity_checks: int  # how many ran: a check of nothing proves nothing
+    # Keys whose record is not a finished answer (what a killed worker's claim used to be).
+    stuck_keys: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (
             self.missing or self.duplicated_keys or self.referrals_without_key
-            or self.wrong_ids or self.integrity
+            or self.wrong_ids or self.integrity or self.stuck_keys
         )  # fmt: skip
 
 
@@ -268,6 +284,7 @@ def verify(database_url: str, tally: Tally) -> Verdict:
         wrong_ids=sorted(key for key, rid in tally.acknowledged.items() if by_key.get(key) != rid),
         integrity=integrity,
         integrity_checks=checks,
+        stuck_keys=sorted(key for key, rid, state in records if state != "done" or not rid),
     )
 
 
@@ -318,3 +335,102 @@ def integrity_problems(conn: sa.Connection) -> tuple[list[str], int]:
     if half_done:
         problems.append(f"{half_done} completed idempotency records without their referral")
     return problems, checks + 2
+
+
+# --- a request held in the middle of its transaction ----------------------------------------
+
+HOLDING_APP = "tests.faultload:holding_app()"
+HOLD_PREFIX = "hold-"
+HOLD_DIR_ENV = "REFERRAL_TEST_HOLD_DIR"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def holding_app() -> Any:
+    """The service (``create_app()``) with one test hook: the first POST whose
+    Idempotency-Key starts with HOLD_PREFIX stops right after its first write, the insert of
+    its idempotency record, until the test releases it. It is then in the middle of its
+    transaction: the record written, nothing committed (on SQLite the write lock held).
+
+    Files in $REFERRAL_TEST_HOLD_DIR (``Holds`` reads and writes them): ``insert-<n>-<key>``
+    for each request with such a key reaching its insert, ``held-<key>`` (the holding worker's
+    pid) once one is held; the test writes ``release-<key>``."""
+    from sqlalchemy.engine import Engine
+
+    from referral import create_app
+
+    folder = Path(os.environ[HOLD_DIR_ENV])
+
+    def held_key(statement: str, parameters: Any) -> str | None:
+        if not statement.startswith("INSERT INTO idempotency_record"):
+            return None
+        values = parameters.values() if isinstance(parameters, dict) else parameters
+        return next((v for v in values if isinstance(v, str) and v.startswith(HOLD_PREFIX)), None)
+
+    def arriving(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        key = held_key(statement, parameters)
+        if key is not None:
+            (folder / f"insert-{uuid.uuid4().hex}-{key}").write_text(str(os.getpid()))
+
+    def hold(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        key = held_key(statement, parameters)
+        if key is None:
+            return
+        try:
+            with (folder / f"held-{key}").open("x") as marker:  # the first request only
+                marker.write(str(os.getpid()))
+        except FileExistsError:
+            return
+        release = folder / f"release-{key}"
+        deadline = time.monotonic() + 60
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    sa.event.listen(Engine, "before_cursor_execute", arriving)
+    sa.event.listen(Engine, "after_cursor_execute", hold)
+    return create_app()
+
+
+def holding_server(database_url: str, workdir: Path, *, workers: int, threads: int) -> Server:
+    """A Server of ``holding_app``, its hold files in ``workdir/holds``."""
+    folder = workdir / "holds"
+    folder.mkdir(exist_ok=True)
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {
+        HOLD_DIR_ENV: str(folder),
+        "PYTHONPATH": path,  # gunicorn runs in workdir: the tests package is found here
+        # A request waiting for a held one's write lock (SQLite) must outwait the test.
+        "REFERRAL_SQLITE_BUSY_TIMEOUT_MS": "60000",
+    }
+    return Server(database_url, workdir, workers, threads, app=HOLDING_APP, env=env)
+
+
+@dataclass(frozen=True)
+class Holds:
+    """The test's side of ``holding_app``'s files."""
+
+    folder: Path
+
+    @classmethod
+    def of(cls, server: Server) -> Holds:
+        return cls(Path(server.env[HOLD_DIR_ENV]))
+
+    def arrivals(self, key: str) -> int:
+        """How many requests with ``key`` reached the insert of its record."""
+        return len(list(self.folder.glob(f"insert-*-{key}")))
+
+    def wait(self, what: str, done: Any, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"waited {seconds} s for {what}")
+            time.sleep(0.02)
+
+    def held_pid(self, key: str) -> int:
+        """Wait until a request with ``key`` is held; the pid of its worker."""
+        marker = self.folder / f"held-{key}"
+        self.wait(f"a request with {key} to be held", marker.exists)
+        self.wait("the marker's pid", lambda: marker.read_text().strip() != "")
+        return int(marker.read_text())
+
+    def release(self, key: str) -> None:
+        (self.folder / f"release-{key}").touch()

@@ -92,12 +92,12 @@ def test_zip_with_trailing_newline_is_refused(client):
 
 
 def test_unexpected_errors_log_no_request_data(app, client, keys, monkeypatch, caplog):
-    from referral.referrals import views
+    from referral.referrals import service
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("canary-patient-data-3141")
 
-    monkeypatch.setattr(views, "create_referral", broken)
+    monkeypatch.setattr(service, "create_referral", broken)
     app.config["PROPAGATE_EXCEPTIONS"] = False
     caplog.set_level(logging.DEBUG)
     response = client.post(

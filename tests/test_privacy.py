@@ -294,12 +294,12 @@ def test_canaries_never_logged_on_normal_and_error_paths(loud_app, keys, caplog,
 
 def test_canaries_never_logged_when_intake_crashes(loud_app, keys, caplog, capfd, monkeypatch):
     """A bug whose exception message carries the whole payload: logged as its type only."""
-    from referral.referrals import intake
+    from referral.referrals import service
 
-    def broken(**values: Any) -> Any:
-        raise RuntimeError(f"cannot build a referral from {values!r}")
+    def broken(_session: Any, new: Any) -> Any:
+        raise RuntimeError(f"cannot store a referral from {new.row!r}")
 
-    monkeypatch.setattr(intake, "Referral", broken)
+    monkeypatch.setattr(service, "store_referral", broken)
     caplog.set_level(logging.DEBUG)
     response = loud_app.test_client().post(
         "/v1/referrals", json=canary_body(), headers=auth(keys["app"])

@@ -6,10 +6,15 @@ import csv
 import io
 import json
 import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from referral.auth.keys import create_key, revoke_key
@@ -309,30 +314,113 @@ def test_idempotency_keys_are_per_api_key(app, client, keys):
     assert len(stored_referrals(app)) == 2
 
 
-def test_in_flight_key_is_409_and_a_stale_one_is_taken_over(app, client, keys):
+# The body as the service fingerprints it: the schema's defaults filled in.
+RUNNING_BACK_PARSED = {
+    **RUNNING_BACK, "specialties": [], "urgency": "routine", "red_flags": [], "unit": "mi"
+}  # fmt: skip
+
+
+@contextmanager
+def uncommitted_record(app, key_id: int, key: str, request_hash: str) -> Iterator[Session]:
+    """A finished idempotency record in a transaction still open: what a request with this
+    key still at work (between its first write and its commit) holds."""
+    with Session(get_database(app).engine) as session:
+        idempotency.insert(
+            session,
+            api_key_id=key_id,
+            key=key,
+            request_hash=request_hash,
+            status=201,
+            body={"id": "f" * 32, "status": "created"},
+            referral_id="f" * 32,
+            now=utcnow(),
+            retention=timedelta(hours=48),
+        )
+        yield session
+
+
+@pytest.mark.parametrize("first", ["commits", "rolls back", "had another body"])
+def test_a_concurrent_request_with_the_key_waits_for_the_first(app, client, keys, first):
+    """The second request finds no record (the first has not committed), does its work, and
+    waits at its own insert (on the unique index, or for SQLite's write lock) until the first
+    request's transaction ends; then it answers the first one's record, or goes ahead."""
     engine = get_database(app).engine
-    claim = idempotency.claim(
-        engine,
-        api_key_id=keys.app_key_id,
-        key="busy",
-        request_hash=idempotency.fingerprint(
-            {**RUNNING_BACK, "specialties": [], "urgency": "routine", "red_flags": [], "unit": "mi"}
-        ),
-        retention=timedelta(hours=48),
-        stale_after=timedelta(seconds=60),
-    )
-    assert claim.outcome == idempotency.ClaimOutcome.NEW
-    assert_problem(
-        post(client, keys.app, RUNNING_BACK, **{"Idempotency-Key": "busy"}), 409, "Idempotency-Key"
-    )
-    with Session(engine) as session:
-        record = session.get(IdempotencyRecord, claim.record_id)
-        assert record is not None
-        record.created_at = utcnow() - timedelta(minutes=5)
+    request_hash = idempotency.fingerprint(
+        {**RUNNING_BACK_PARSED, "urgency": "soon"} if first == "had another body"
+        else RUNNING_BACK_PARSED
+    )  # fmt: skip
+    reached_insert = threading.Event()
+
+    def note(_conn, _cursor, statement, *_args) -> None:
+        if statement.startswith("INSERT INTO idempotency_record"):
+            reached_insert.set()
+
+    answers: list = []
+    headers = {"Idempotency-Key": "racing"}
+    with uncommitted_record(app, keys.app_key_id, "racing", request_hash) as holder:
+        sa.event.listen(engine, "before_cursor_execute", note)
+        try:
+            second = threading.Thread(
+                target=lambda: answers.append(post(client, keys.app, RUNNING_BACK, **headers))
+            )
+            started = time.monotonic()
+            second.start()
+            assert reached_insert.wait(30)
+            time.sleep(0.5)  # it waits there...
+            assert second.is_alive() and not answers
+            if first == "rolls back":  # ...until this
+                holder.rollback()
+            else:
+                holder.commit()
+            second.join(30)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", note)
+    (answer,) = answers
+    assert time.monotonic() - started >= 0.5
+    outcomes = [(row.action, row.outcome) for row in audit_rows(app)]
+    if first == "commits":
+        assert answer.status_code == 201
+        assert answer.get_json() == {"id": "f" * 32, "status": "created", "replayed": True}
+        assert answer.headers["Idempotent-Replayed"] == "true"
+        assert answer.headers["Location"] == f"/v1/referrals/{'f' * 32}"
+        assert stored_referrals(app) == []
+        assert outcomes == [("referral.create", "replayed")]
+    elif first == "had another body":
+        assert_problem(answer, 422, "Idempotency-Key")
+        assert stored_referrals(app) == []
+        assert outcomes == [("referral.create", "mismatch")]
+    else:
+        assert answer.status_code == 201 and answer.get_json()["replayed"] is False
+        (referral,) = stored_referrals(app)
+        assert referral.id == answer.get_json()["id"]
+        assert [(r.key, r.referral_id) for r in stored_records(app)] == [("racing", referral.id)]
+        assert outcomes == [("referral.create", "ok")]
+
+
+def stored_records(app) -> list[IdempotencyRecord]:
+    with Session(get_database(app).engine) as session:
+        return list(session.exec(select(IdempotencyRecord)).all())
+
+
+def test_a_record_left_in_flight_by_an_older_release_is_replaced_at_once(app, client, keys):
+    """Releases before this one claimed a key first ("in_flight") and completed it later; a
+    claim its worker never completed is no answer: the next request with the key replaces it."""
+    with Session(get_database(app).engine) as session:
+        session.add(
+            IdempotencyRecord(
+                api_key_id=keys.app_key_id,
+                key="left-behind",
+                request_hash=idempotency.fingerprint(RUNNING_BACK_PARSED),
+                state="in_flight",
+                expires_at=utcnow() + timedelta(hours=48),
+            )
+        )
         session.commit()
-    taken = post(client, keys.app, RUNNING_BACK, **{"Idempotency-Key": "busy"})
-    assert taken.status_code == 201 and taken.get_json()["replayed"] is False
-    assert len(stored_referrals(app)) == 1
+    made = post(client, keys.app, RUNNING_BACK, **{"Idempotency-Key": "left-behind"})
+    assert made.status_code == 201 and made.get_json()["replayed"] is False
+    assert [(r.state, r.referral_id) for r in stored_records(app)] == [
+        (idempotency.DONE, made.get_json()["id"])
+    ]
 
 
 def test_a_rejected_request_frees_its_key_for_the_corrected_retry(app, client, keys):
@@ -352,7 +440,9 @@ def test_expired_idempotency_records_are_not_replayed(app, client, keys):
         record.expires_at = utcnow() - timedelta(seconds=1)
         session.commit()
     again = post(client, keys.app, RUNNING_BACK, **{"Idempotency-Key": "old"}).get_json()
-    assert again["id"] != first["id"]
+    assert again["id"] != first["id"] and again["replayed"] is False
+    # The expired record was deleted in the transaction that stored its replacement.
+    assert [(r.key, r.referral_id) for r in stored_records(app)] == [("old", again["id"])]
 
 
 # ---- lifecycle --------------------------------------------------------------------------------
@@ -565,35 +655,3 @@ def test_purge_removes_payloads_but_keeps_counts(app, client, runner, keys):
             assert "pt-1" not in json.dumps(record.response_body)
         assert session.exec(select(ReferralEvent)).first() is not None
     assert any(row.action == "referral.purge" for row in audit_rows(app))
-
-
-def test_a_slow_original_cannot_complete_or_release_a_taken_over_claim(app):
-    engine = get_database(app).engine
-    with Session(engine) as session:
-        key, _ = create_key(session, name="slowapp", scopes=["referrals:write"])
-        session.commit()
-        assert key.id is not None
-        key_id = key.id
-    args = dict(
-        api_key_id=key_id,
-        key="slow",
-        request_hash="h",
-        retention=timedelta(hours=48),
-        stale_after=timedelta(seconds=60),
-    )
-    original = idempotency.claim(engine, **args)
-    with Session(engine) as session:
-        record = session.get(IdempotencyRecord, original.record_id)
-        assert record is not None
-        record.created_at = utcnow() - timedelta(minutes=5)  # looks abandoned
-        session.commit()
-    takeover = idempotency.claim(engine, **args)
-    assert takeover.outcome == idempotency.ClaimOutcome.NEW
-    idempotency.release(engine, original)  # the slow original fails: must not free the key
-    assert idempotency.claim(engine, **args).outcome == idempotency.ClaimOutcome.IN_FLIGHT
-    with Session(engine) as session, pytest.raises(idempotency.ClaimLostError):
-        idempotency.complete(session, original, status=201, body={}, referral_id="x" * 32)
-    with Session(engine) as session:
-        idempotency.complete(session, takeover, status=201, body={"id": "y"}, referral_id="y" * 32)
-        session.commit()
-    assert idempotency.claim(engine, **args).outcome == idempotency.ClaimOutcome.REPLAY

@@ -1,22 +1,26 @@
 """Concurrent referral POSTs against a real gunicorn (3 workers x 4 threads), on both backends.
 
-What idempotency.claim() guarantees under races (the unique (api_key_id, key) constraint
-decides who claims; the body hash is compared before the state):
+What the service guarantees under races (service.py: the idempotency record is the first
+write of the referral's transaction, and the unique (api_key_id, key) constraint decides; a
+request that meets another's uncommitted record waits for that transaction to end):
 
 - the same key and body: exactly one request creates the referral (201, replayed false); every
-  other one answers 201 with the same id and replayed true (it came after the creator
-  committed) or 409 (it came while the creator was in flight). Never 5xx, never a second
-  referral.
-- the same key with two bodies: the body whose request claims first wins as above; every
-  request with the other body finds a record with a different hash and gets 422, in flight or
-  done alike (never 409, never 201).
+  other one answers 201 with the same id and replayed true, whether it came after the creator
+  committed (it reads the record) or while the creator was at work (it waits at its insert,
+  then reads the record). Never 409, never 5xx, never a second referral.
+- the same key with two bodies: the body whose request commits first wins as above; every
+  request with the other body gets 422 (never 201).
 - no key: every request creates its own referral.
+
+And, placed exactly (``holding_app``, tests/faultload.py): a retry sent while the first
+request is held in the middle of its transaction waits for it, then answers its referral.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -36,6 +40,7 @@ from referral.db import get_database
 from referral.referrals.idempotency import DONE
 from referral.referrals.models import AuditEvent, IdempotencyRecord, Referral
 from tests.conftest import build_app
+from tests.faultload import Holds, holding_server
 from tests.live import OPENER, serve
 
 THREADS = 16
@@ -119,19 +124,22 @@ def burst(calls: list[Callable[[], Reply]]) -> list[Reply]:
         return [future.result(timeout=2 * TIMEOUT) for future in futures]
 
 
-@pytest.fixture
-def live(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
-    """An API key made in the test's database, then `referral serve` on that database."""
+def make_key(database_url: str) -> tuple[str, int]:
     app = build_app(database_url)
     try:
         with Session(get_database(app).engine) as session:
             row, token = create_key(session, name="concurrent-app", scopes=["referrals:write"])
             session.commit()
             assert row.id is not None
-            key_id = row.id
+            return token, row.id
     finally:
         get_database(app).dispose()
 
+
+@pytest.fixture
+def live(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """An API key made in the test's database, then `referral serve` on that database."""
+    token, key_id = make_key(database_url)
     with serve(database_url, tmp_path, workers=3, threads=4, timeout=TIMEOUT) as served:
         yield LiveServer(served.base, database_url, token, key_id, served.log)
 
@@ -187,11 +195,9 @@ def test_concurrent_identical_retries_create_exactly_one_referral(live: LiveServ
         key = f"retry-{round_no}"
         body = {**BODY, "patient_ref": f"pt-{round_no}"}
         replies = burst([partial(live.post, body, key)] * THREADS)
-        created[key] = assert_one_creation(live, replies, allowed={201, 409})
+        created[key] = assert_one_creation(live, replies, allowed={201})
         for reply in replies:
             outcomes[reply.status] += 1
-            if reply.status == 409:
-                assert_problem(live, reply, 409, "Idempotency-Key")
         again = live.post(body, key)
         assert again.status == 201, live.explain(again)
         assert again.body["id"] == created[key] and again.body["replayed"] is True, again
@@ -214,9 +220,8 @@ def test_concurrent_identical_retries_create_exactly_one_referral(live: LiveServ
         key: (DONE, 201, referral_id) for key, referral_id in created.items()
     }, why
     # Every answer was audited: one creation per round; replays are the burst's other 201s plus
-    # the follow-up retry of each round (so as many as the burst's 201s); 409s are in_flight.
-    expected = Counter(ok=ROUNDS, replayed=outcomes[201], in_flight=outcomes[409])
-    assert audits == +expected, (audits, outcomes, why)
+    # the follow-up retry of each round (so as many as the burst's 201s).
+    assert audits == Counter(ok=ROUNDS, replayed=outcomes[201]), (audits, outcomes, why)
     assert_no_server_errors(live)
 
 
@@ -241,7 +246,7 @@ def test_concurrent_retries_with_two_bodies_store_one(live: LiveServer) -> None:
         loser = "b" if winner == "a" else "a"
         won = [reply for label, reply in zip(labels, replies, strict=True) if label == winner]
         lost = [reply for label, reply in zip(labels, replies, strict=True) if label == loser]
-        referral_id = assert_one_creation(live, won, allowed={201, 409})
+        referral_id = assert_one_creation(live, won, allowed={201})
         for reply in lost:
             assert_problem(live, reply, 422, "Idempotency-Key")
         winning = next(reply for reply in won if reply.status == 201)
@@ -301,3 +306,70 @@ def test_concurrent_posts_without_a_key_each_create_a_referral(live: LiveServer)
     assert records == []
     assert audits == Counter({"ok": 2 * THREADS})
     assert_no_server_errors(live)
+
+
+@pytest.mark.parametrize("second_body", ["the same body", "another body"])
+def test_a_retry_sent_while_the_first_is_in_its_transaction_waits_for_it(
+    database_url: str, tmp_path: Path, second_body: str
+) -> None:
+    """The first request is held right after the insert of its idempotency record (nothing
+    committed). The second, with the same key, finds no record, does its own work and waits
+    at its insert; once the first commits it answers the first one's referral (or 422 for
+    another body): no 409, no second referral."""
+    token, key_id = make_key(database_url)
+    server = holding_server(database_url, tmp_path, workers=2, threads=4)
+    server.start()
+    try:
+        live = LiveServer(server.base, database_url, token, key_id, tmp_path / "server-1.log")
+        holds = Holds.of(server)
+        key = "hold-duplicate"
+        body = {**BODY, "patient_ref": "held-1"}
+        other = body if second_body == "the same body" else {**body, "urgency": "soon"}
+        replies: dict[str, Reply] = {}
+        waited: list[float] = []
+
+        def send(name: str, payload: dict[str, Any]) -> None:
+            started = time.monotonic()
+            replies[name] = live.post(payload, key)
+            waited.append(time.monotonic() - started)
+
+        first = threading.Thread(target=send, args=("first", body))
+        first.start()
+        holds.held_pid(key)  # the first is in its transaction, its record written
+        second = threading.Thread(target=send, args=("second", other))
+        second.start()
+        holds.wait("the second request's insert", lambda: holds.arrivals(key) >= 2)
+        time.sleep(1.0)
+        assert second.is_alive() and "second" not in replies, live.explain(replies)
+        holds.release(key)
+        first.join(TIMEOUT)
+        second.join(TIMEOUT)
+        why = live.explain(replies)
+        assert replies["first"].status == 201, why
+        referral_id = replies["first"].body["id"]
+        assert replies["first"].body["replayed"] is False, why
+        if second_body == "the same body":
+            assert replies["second"].status == 201, why
+            assert replies["second"].body == {**replies["first"].body, "replayed": True}, why
+            assert replies["second"].headers["idempotent-replayed"] == "true", why
+        else:
+            assert_problem(live, replies["second"], 422, "Idempotency-Key")
+        assert min(waited) >= 1.0, (waited, why)  # the second waited for the first
+
+        def stored(session: Session) -> Any:
+            referrals = session.exec(
+                select(Referral.id).where(Referral.source_key_id == key_id)
+            ).all()
+            records = session.exec(
+                select(IdempotencyRecord).where(IdempotencyRecord.api_key_id == key_id)
+            ).all()
+            return referrals, records, create_audits(session, key_id)
+
+        referrals, records, audits = live.query(stored)
+        assert referrals == [referral_id], why
+        assert [(r.key, r.state, r.referral_id) for r in records] == [(key, DONE, referral_id)], why
+        second_outcome = "replayed" if second_body == "the same body" else "mismatch"
+        assert audits == Counter({"ok": 1, second_outcome: 1}), why
+        assert_no_server_errors(live)
+    finally:
+        server.stop()

@@ -1,21 +1,22 @@
-"""Referral intake: concerns to specialties, red-flag escalation, matching (matching.py),
-creation."""
+"""Referral intake: the body as a request, concerns to specialties, red-flag escalation,
+matching (matching.py), the new rows and their inserts. The use case around them (idempotency,
+audit, one transaction) is service.py."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table
-from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session
 
 from referral.directory.models import Location
 from referral.directory.records import LocationRecord
 from referral.directory.service import UnknownSpecialtyError, check_specialties
-from referral.geo.distance import km_to_miles
-from referral.geo.origin import Origin
+from referral.geo.chain import GeocoderChain
+from referral.geo.distance import km_to_miles, miles_to_km
+from referral.geo.origin import Origin, OriginError, resolve_origin_args
 from referral.referrals.matching import (
     DEFAULT_RULES,
     Candidate,
@@ -31,6 +32,7 @@ from referral.referrals.models import (
     Urgency,
 )
 from referral.referrals.vocabulary import Vocabulary, intake_vocabulary
+from referral.timeutil import utcnow
 
 
 class ReferralInputError(ValueError):
@@ -125,13 +127,46 @@ def candidate_json(candidate: Candidate) -> dict[str, Any]:
     }
 
 
+NEEDS_ROUTING_NOTE = "nothing within reach: waits for a person to route it"
+
+
 @dataclass(frozen=True)
 class NewReferral:
-    referral: Referral
-    # Its history so far (the one "created" line) and the matched location, if any: what
-    # the answer shows, so that it needs no reading back.
-    history: list[ReferralEvent]
+    """A matched referral not yet stored: its row, its history so far (the one "created"
+    line) and the matched location, if any. Plain dicts, no ORM objects: they are written
+    with Core inserts and shown in the answer, and never read back."""
+
+    row: dict[str, Any]
+    history: list[dict[str, Any]]
     location: LocationRecord | Location | None
+
+    @property
+    def id(self) -> str:
+        referral_id: str = self.row["id"]
+        return referral_id
+
+
+def referral_request(body: Mapping[str, Any], geocoder: GeocoderChain) -> ReferralRequest:
+    """The parsed body (``ReferralCreateSchema``) as a request to match: the origin placed
+    through the geocoder chain (a network geocoder only when configured)."""
+    try:
+        origin = resolve_origin_args(geocoder, body["origin"])
+    except OriginError as exc:
+        raise ReferralInputError(f"origin.{exc.field}", exc.reason) from exc
+    max_distance = body.get("max_distance")
+    if max_distance is not None and body.get("unit", "mi") != "km":
+        max_distance = miles_to_km(max_distance)
+    return ReferralRequest(
+        origin=origin,
+        concerns=body["concerns"],
+        specialties=body.get("specialties", []),
+        urgency=Urgency(body.get("urgency", Urgency.ROUTINE.value)),
+        red_flags=body.get("red_flags", []),
+        preferred_clinic_id=body.get("preferred_clinic_id"),
+        max_distance_km=max_distance,
+        patient_ref=body.get("patient_ref"),
+        assessment=body.get("assessment"),
+    )
 
 
 def create_referral(
@@ -142,10 +177,9 @@ def create_referral(
     source_key_id: int | None,
     rules: MatchRules = DEFAULT_RULES,
 ) -> NewReferral:
-    """Match and make a referral with its first history line. Nothing is written yet:
-    ``store_referral`` does, as late as it can (on SQLite the first write takes the database's
-    one write lock, held until the commit). With nothing within reach the referral is made
-    all the same, waiting for a person to route it (never refused for distance)."""
+    """Match and make a referral with its first history line. Nothing is written:
+    ``store_referral`` does. With nothing within reach the referral is made all the same,
+    waiting for a person to route it (never refused for distance)."""
     vocabulary = intake_vocabulary(session, request.concerns, request.red_flags)
     needed = specialties_needed(session, vocabulary, request.concerns, request.specialties)
     urgency, escalations = escalate(vocabulary, request.urgency, request.red_flags)
@@ -165,67 +199,68 @@ def create_referral(
         raise ReferralInputError("preferred_clinic_id", str(exc)) from exc
     chosen = match.chosen
     status = Status.CREATED if chosen is not None else Status.NEEDS_ROUTING
-    referral = Referral(
-        id=secrets.token_hex(16),
-        source=source,
-        source_key_id=source_key_id,
-        status=status.value,
-        urgency=urgency.value,
-        urgency_requested=request.urgency.value,
-        concerns=list(dict.fromkeys(request.concerns)),
-        red_flags=list(dict.fromkeys(request.red_flags)),
-        specialties_requested=list(dict.fromkeys(request.specialties)),
-        specialties_needed=needed,
-        escalations=escalations,
-        origin_kind=request.origin.resolved_from.value,
-        origin_lat=lat,
-        origin_lon=lon,
-        max_distance_km=request.max_distance_km,
-        reach_km=match.reach.km,
-        reach_basis=match.reach.basis,
-        preferred_clinic_id=request.preferred_clinic_id,
-        matched_location_id=None if chosen is None else chosen.hit.location.id,
-        matched_clinic_id=None if chosen is None else chosen.hit.location.clinic_id,
-        match_distance_km=(
+    location = None if chosen is None else chosen.hit.location
+    now = utcnow()
+    referral_id = secrets.token_hex(16)
+    # Every column of the referral table (tests/test_referral_intake_cost.py holds the
+    # stored rows to what the ORM model would have stored).
+    row: dict[str, Any] = {
+        "id": referral_id,
+        "source": source,
+        "source_key_id": source_key_id,
+        "created_at": now,
+        "updated_at": now,
+        "purged_at": None,
+        "version": 1,
+        "status": status.value,
+        "urgency": urgency.value,
+        "urgency_requested": request.urgency.value,
+        "concerns": list(dict.fromkeys(request.concerns)),
+        "red_flags": list(dict.fromkeys(request.red_flags)),
+        "specialties_requested": list(dict.fromkeys(request.specialties)),
+        "specialties_needed": needed,
+        "escalations": escalations,
+        "origin_kind": request.origin.resolved_from.value,
+        "origin_lat": lat,
+        "origin_lon": lon,
+        "max_distance_km": request.max_distance_km,
+        "reach_km": match.reach.km,
+        "reach_basis": match.reach.basis,
+        "preferred_clinic_id": request.preferred_clinic_id,
+        "matched_location_id": None if location is None else location.id,
+        "matched_clinic_id": None if location is None else location.clinic_id,
+        "match_distance_km": (
             None if chosen is None else round(chosen.distance_km, DISTANCE_DECIMALS)
         ),
-        match_notes=match.notes,
-        match_why=None if chosen is None else chosen.why(),
-        alternatives=[candidate_json(candidate) for candidate in match.alternatives],
-        patient_ref=request.patient_ref,
-        assessment=request.assessment,
-    )
-    event = ReferralEvent(
-        referral_id=referral.id,
-        actor_key_id=source_key_id,
-        actor=source,
-        from_status=None,
-        to_status=status.value,
-        note=None if chosen is not None else "nothing within reach: waits for a person to route it",
-    )
-    return NewReferral(referral, [event], None if chosen is None else chosen.hit.location)
+        "match_notes": match.notes,
+        "match_why": None if chosen is None else chosen.why(),
+        "alternatives": [candidate_json(candidate) for candidate in match.alternatives],
+        "patient_ref": request.patient_ref,
+        "assessment": request.assessment,
+    }
+    event = {
+        "referral_id": referral_id,
+        "at": now,
+        "actor_key_id": source_key_id,
+        "actor": source,
+        "from_status": None,
+        "to_status": status.value,
+        "note": None
+        if chosen is not None
+        else "nothing within reach: waits for a person to route it",
+    }
+    return NewReferral(row, [event], location)
+
+
+_INSERT_REFERRAL = Referral.__table__.insert()  # type: ignore[attr-defined]
+_INSERT_EVENT = ReferralEvent.__table__.insert()  # type: ignore[attr-defined]
 
 
 def store_referral(session: Session, new: NewReferral) -> None:
-    """Write what ``create_referral`` made in ``session``'s transaction; don't commit."""
-    # Core inserts, the referral first (the event refers to it): the unit of work would cost
-    # more than the rest of storing. The event's id is never shown, so it is not read back.
+    """Write what ``create_referral`` made in ``session``'s transaction; don't commit. Core
+    inserts, the referral first (the event refers to it); the event's id is never shown, so
+    nothing is read back."""
     connection = session.connection()
-    connection.execute(_INSERT_REFERRAL, _values(_REFERRAL, new.referral))
+    connection.execute(_INSERT_REFERRAL, new.row)
     for event in new.history:
-        connection.execute(_INSERT_EVENT, _values(_EVENT, event, skip=("id",)))
-    # The stored referral joins the session as if loaded, so later changes to it are flushed.
-    make_transient_to_detached(new.referral)
-    session.add(new.referral)
-
-
-_REFERRAL: Table = Referral.__table__  # type: ignore[attr-defined]
-_EVENT: Table = ReferralEvent.__table__  # type: ignore[attr-defined]
-_INSERT_REFERRAL = _REFERRAL.insert()
-_INSERT_EVENT = _EVENT.insert()
-
-
-def _values(table: Table, row: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        column.key: getattr(row, column.key) for column in table.columns if column.key not in skip
-    }
+        connection.execute(_INSERT_EVENT, event)

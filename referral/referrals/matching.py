@@ -216,20 +216,27 @@ def rank_candidates(
     Bounded work: the best ``limit`` of the whole ranking are among the ``limit`` nearest
     confirmed and the ``limit`` nearest confirmed-or-possible of each phone class (a possible
     match never ranks nearer than it is), and the phone-less class is looked at only when the
-    other has fewer than ``limit``."""
+    other has fewer than ``limit``. When the ``limit`` nearest confirmed-or-possible are all
+    confirmed (or are all there is), they are the ``limit`` nearest confirmed too: that
+    search is skipped."""
     found: dict[int, NearestHit] = {}
-    searches = (_CONFIRMED_ONLY, _POSSIBLE_TOO) if needed else (_POSSIBLE_TOO,)
+
+    def search(contactable: bool | None, allowed: frozenset[str]) -> list[NearestHit]:
+        facts = FactFilter(
+            accepting_new_patients=True, contactable=contactable, allow_unknown=allowed
+        )
+        hits = find_nearest(
+            session, lat, lon, specialties=needed, radius_km=radius_km, limit=limit,
+            facts=facts, explain=False,
+        ).hits  # fmt: skip
+        for hit in hits:
+            found.setdefault(hit.location.id or 0, hit)
+        return hits
+
     for contactable in (True, False) if phone_first else (None,):
-        for allowed in searches:
-            facts = FactFilter(
-                accepting_new_patients=True, contactable=contactable, allow_unknown=allowed
-            )
-            result = find_nearest(
-                session, lat, lon, specialties=needed, radius_km=radius_km, limit=limit,
-                facts=facts, explain=False,
-            )  # fmt: skip
-            for hit in result.hits:
-                found.setdefault(hit.location.id or 0, hit)
+        hits = search(contactable, _POSSIBLE_TOO)
+        if needed and any(SPECIALTY in hit.unknown for hit in hits):
+            search(contactable, _CONFIRMED_ONLY)
         if len(found) >= limit:
             break
     within = radius_km is not None

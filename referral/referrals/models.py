@@ -150,7 +150,8 @@ class ReferralEvent(SQLModel, table=True):
 
 
 class IdempotencyRecord(SQLModel, table=True):
-    """A POST's Idempotency-Key, per calling API key: its body hash and stored response."""
+    """A POST's Idempotency-Key, per calling API key: its body hash and stored response,
+    stored in the transaction that stores the referral (referral/referrals/service.py)."""
 
     __tablename__ = "idempotency_record"
     __table_args__ = (UniqueConstraint("api_key_id", "key", name="uq_idempotency_key"),)
@@ -159,7 +160,9 @@ class IdempotencyRecord(SQLModel, table=True):
     api_key_id: int = Field(foreign_key="api_key.id")
     key: str = Field(max_length=255)
     request_hash: str = Field(max_length=64)
-    state: str = Field(max_length=12)  # "in_flight" or "done"
+    # "done": written once, finished, with the referral it answers (releases before this one
+    # also wrote "in_flight" claims first; the next request with such a key replaces it).
+    state: str = Field(max_length=12)
     response_status: int | None = None
     response_body: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     referral_id: str | None = Field(default=None, max_length=32)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from flask import Response, current_app, g, jsonify, request, stream_with_context, url_for
+from flask import Response, current_app, g, request, stream_with_context, url_for
 from flask.views import MethodView
 from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
@@ -24,18 +24,10 @@ from referral.auth.models import (
 )
 from referral.db import get_database, get_session
 from referral.geo.chain import get_geocoder
-from referral.geo.distance import miles_to_km
-from referral.geo.origin import OriginError, resolve_origin_args
 from referral.ops import metrics
 from referral.ops.limits import limit_referral_intake
-from referral.referrals import audit, idempotency
+from referral.referrals import audit
 from referral.referrals import log as referral_log
-from referral.referrals.intake import (
-    ReferralInputError,
-    ReferralRequest,
-    create_referral,
-    store_referral,
-)
 from referral.referrals.matching import MatchRules
 from referral.referrals.models import Status, Urgency
 from referral.referrals.schemas import (
@@ -47,7 +39,12 @@ from referral.referrals.schemas import (
     ReferralStatsSchema,
     StatusChangeSchema,
     VocabularySchema,
-    referral_json,
+)
+from referral.referrals.service import (
+    IdempotencyKeyReusedError,
+    ReferralInputError,
+    Submitted,
+    submit_referral,
 )
 from referral.referrals.vocabulary import load_vocabulary
 from referral.web.api import LOCATION_HEADER, Blueprint, problems
@@ -94,7 +91,9 @@ def authenticate_first() -> None:
 
 @referrals_blp.after_request
 def audit_refusals(response: Response) -> Response:
-    """Refusals (401, 403, 422...) are attempts too: record those no view recorded."""
+    """Refusals (401, 403, 422, 500...) are attempts too: record those no view recorded, in a
+    short transaction of their own (whatever the request's did), as ``refused_<status>`` or
+    the outcome the view named (``g.audit_outcome``)."""
     if response.status_code >= 400 and not g.get("audited"):
         paths = {
             "stats": "referral.stats",
@@ -107,7 +106,8 @@ def audit_refusals(response: Response) -> Response:
         }.get(request.method, "referral.read")
         referral_id = (request.view_args or {}).get("referral_id")
         valid = isinstance(referral_id, str) and REFERRAL_ID_RE.fullmatch(referral_id)
-        _audit(action, f"refused_{response.status_code}", [referral_id if valid else None])
+        outcome = g.get("audit_outcome") or f"refused_{response.status_code}"
+        _audit(action, outcome, [referral_id if valid else None])
     return response
 
 
@@ -138,67 +138,26 @@ def _filters(args: dict[str, Any]) -> referral_log.ReferralFilters:
     )
 
 
-def _replay(claim: idempotency.Claim) -> Response:
-    body = dict(claim.response_body or {})
-    if not body.get("id") and claim.referral_id:
-        # The stored answer was purged (it repeated patient data): answer from the log.
-        referral = referral_log.get_by_id(get_session(), claim.referral_id)
-        if referral is not None:
-            body = ReferralSchema().dump(referral_log.detail(get_session(), referral))
-    body["replayed"] = True
+def _idempotency_key() -> str | None:
+    presented = request.headers.get("Idempotency-Key")
+    if presented is not None and not IDEMPOTENCY_KEY_RE.fullmatch(presented):
+        field_error(422, "headers", "Idempotency-Key", "1 to 255 visible ASCII characters")
+    return presented
+
+
+def _submitted_response(submitted: Submitted) -> Response:
     response = current_app.response_class(
-        current_app.json.dumps(body),
-        status=claim.response_status or 201,
+        current_app.json.dumps(submitted.body),
+        status=submitted.status,
         mimetype="application/json",
     )
-    response.headers["Idempotent-Replayed"] = "true"
-    if body.get("id"):
-        response.headers["Location"] = url_for("referrals.ReferralById", referral_id=body["id"])
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    if submitted.referral_id:
+        response.headers["Location"] = url_for(
+            "referrals.ReferralById", referral_id=submitted.referral_id
+        )
     return response
-
-
-def _claim_idempotency_key(body: dict[str, Any]) -> idempotency.Claim | None:
-    presented = request.headers.get("Idempotency-Key")
-    if presented is None:
-        return None
-    if not IDEMPOTENCY_KEY_RE.fullmatch(presented):
-        field_error(422, "headers", "Idempotency-Key", "1 to 255 visible ASCII characters")
-    config = current_app.config
-    key = current_key()
-    assert key.id is not None
-    return idempotency.claim(
-        get_database().engine,
-        api_key_id=key.id,
-        key=presented,
-        request_hash=idempotency.fingerprint(body),
-        retention=timedelta(hours=float(config["IDEMPOTENCY_RETENTION_HOURS"])),
-        stale_after=timedelta(seconds=float(config["IDEMPOTENCY_STALE_SECONDS"])),
-    )
-
-
-def _referral_request(body: dict[str, Any]) -> ReferralRequest:
-    try:
-        origin = resolve_origin_args(get_geocoder(), body["origin"])
-    except OriginError as exc:
-        field_error(422, "json", f"origin.{exc.field}", exc.reason)
-    max_distance = body.get("max_distance")
-    return ReferralRequest(
-        origin=origin,
-        concerns=body["concerns"],
-        specialties=body["specialties"],
-        urgency=Urgency(body["urgency"]),
-        red_flags=body["red_flags"],
-        preferred_clinic_id=body.get("preferred_clinic_id"),
-        max_distance_km=(
-            None
-            if max_distance is None
-            else max_distance
-            if body["unit"] == "km"
-            else miles_to_km(max_distance)
-        ),
-        patient_ref=body.get("patient_ref"),
-        assessment=body.get("assessment"),
-    )
 
 
 # What a client can do next with the referral it just sent (OpenAPI links).
@@ -224,7 +183,8 @@ class Referrals(MethodView):
                 "in": "header",
                 "name": "Idempotency-Key",
                 "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_RE.pattern}$"},
-                "description": "Retry safely: the same key and body answer the stored referral.",
+                "description": "Retry safely: the same key and body answer the stored referral "
+                "(a retry sent while the first request is still at work waits for its answer).",
             }
         ],
         responses={201: {"links": REFERRAL_LINKS}},
@@ -241,79 +201,38 @@ class Referrals(MethodView):
             },
         },
     )
-    @problems(referrals_blp, 400, 401, 403, 409, 413)
+    @problems(referrals_blp, 400, 401, 403, 413)
     def post(self, body: dict[str, Any]) -> Any:
         """Send a referral (scope referrals:write): it is matched to a clinic and logged.
 
         Unknown fields are rejected: send no names, e-mails, phone numbers or birth dates."""
         key = current_key()
         require_scope(key, SCOPE_REFERRALS_WRITE)
-        claim = _claim_idempotency_key(body)
-        if claim is not None and claim.outcome != idempotency.ClaimOutcome.NEW:
-            if claim.outcome == idempotency.ClaimOutcome.REPLAY:
-                _audit("referral.create", "replayed")
-                return _replay(claim)
-            _audit("referral.create", str(claim.outcome))
-            if claim.outcome == idempotency.ClaimOutcome.MISMATCH:
-                field_error(422, "headers", "Idempotency-Key", "already used with a different body")
-            field_error(409, "headers", "Idempotency-Key", "a request with this key is in flight")
-        session = get_session()
+        config = current_app.config
+        idempotency_key = _idempotency_key()
         try:
-            created = create_referral(
-                session,
-                _referral_request(body),
-                source=key.name,
-                source_key_id=key.id,
-                rules=MatchRules.from_config(current_app.config),
+            submitted = submit_referral(
+                get_session(),
+                key=key,
+                body=body,
+                idempotency_key=idempotency_key,
+                rules=MatchRules.from_config(config),
+                geocoder=get_geocoder(),
+                retention=timedelta(hours=float(config["IDEMPOTENCY_RETENTION_HOURS"])),
             )
-            referral = created.referral
-            # Dumped from the objects in hand, before anything is written: after the commit
-            # they would be expired (dumping would read them back), and from the first write
-            # to the commit SQLite's one write lock is held.
-            answer = referral_json(
-                referral_log.detail(
-                    session, referral, location=created.location, events=created.history
-                )
-            )
-            store_referral(session, created)
-            if claim is not None:
-                idempotency.complete(
-                    session, claim, status=201, body=answer, referral_id=referral.id
-                )
-            # Committed with the referral: the "ok" line exists exactly when the referral does.
-            audit.add(
-                session,
-                actor_key_id=key.id,
-                action="referral.create",
-                outcome="ok",
-                referral_ids=[referral.id],
-            )
-            session.commit()
         except ReferralInputError as exc:
-            session.rollback()
-            self._release(claim)
-            _audit("referral.create", "rejected")
+            g.audit_outcome = "rejected"
             field_error(422, "json", exc.field, exc.reason)
-        except idempotency.ClaimLostError:
-            session.rollback()
-            _audit("referral.create", "in_flight")
-            field_error(409, "headers", "Idempotency-Key", "a retry with this key took over")
-        except BaseException:
-            session.rollback()
-            self._release(claim)
-            _audit("referral.create", "rejected")
+        except IdempotencyKeyReusedError:
+            g.audit_outcome = "mismatch"
+            field_error(422, "headers", "Idempotency-Key", "already used with a different body")
+        except Exception:
+            g.audit_outcome = "rejected"  # audited as the 500 it becomes
             raise
-        g.audited = True
-        metrics.referral_created()
-        response = jsonify(answer)
-        response.status_code = 201
-        response.headers["Location"] = url_for("referrals.ReferralById", referral_id=answer["id"])
-        return response
-
-    @staticmethod
-    def _release(claim: idempotency.Claim | None) -> None:
-        if claim is not None:
-            idempotency.release(get_database().engine, claim)
+        g.audited = True  # by the service, with the referral or the replay
+        if not submitted.replayed:
+            metrics.referral_created()
+        return _submitted_response(submitted)
 
     @referrals_blp.doc(security=BEARER_SECURITY)
     @referrals_blp.arguments(ReferralQueryArgsSchema, location="query")

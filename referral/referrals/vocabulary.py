@@ -10,36 +10,55 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from referral.directory.seed import SeedReport, apply_changes, read_seed_file
 from referral.referrals.models import Concern, ConcernSpecialty, RedFlag
 
 
 @dataclass(frozen=True)
+class RedFlagInfo:
+    code: str
+    label: str
+    escalate_to: str  # an Urgency
+    advice: str
+
+
+@dataclass(frozen=True)
 class Vocabulary:
+    """Plain data (no ORM rows): cached and shared by every request of a process."""
+
     # concern code -> [(specialty code, reason)]
     concerns: dict[str, list[tuple[str, str]]]
     concern_labels: dict[str, str]
-    red_flags: dict[str, RedFlag]
+    red_flags: dict[str, RedFlagInfo]
+
+
+_CONCERN: Table = Concern.__table__  # type: ignore[attr-defined]
+_LINK: Table = ConcernSpecialty.__table__  # type: ignore[attr-defined]
+_FLAG: Table = RedFlag.__table__  # type: ignore[attr-defined]
+_CONCERNS = select(_CONCERN.c.code, _CONCERN.c.label).order_by(_CONCERN.c.code)
+_LINKS = select(_LINK.c.concern_code, _LINK.c.specialty_code, _LINK.c.reason).order_by(
+    _LINK.c.concern_code, _LINK.c.specialty_code
+)
+_FLAGS = select(_FLAG.c.code, _FLAG.c.label, _FLAG.c.escalate_to, _FLAG.c.advice).order_by(
+    _FLAG.c.code
+)
 
 
 def load_vocabulary(session: Session) -> Vocabulary:
+    """Read in ``session``'s transaction (three Core selects: no ORM objects)."""
+    connection = session.connection()
     concerns: dict[str, list[tuple[str, str]]] = {}
     labels: dict[str, str] = {}
-    for concern in session.exec(select(Concern).order_by(col(Concern.code))).all():
-        concerns[concern.code] = []
-        labels[concern.code] = concern.label
-    links = session.exec(
-        select(ConcernSpecialty).order_by(
-            col(ConcernSpecialty.concern_code), col(ConcernSpecialty.specialty_code)
-        )
-    ).all()
-    for link in links:
-        concerns.setdefault(link.concern_code, []).append((link.specialty_code, link.reason))
-    flags = {flag.code: flag for flag in session.exec(select(RedFlag).order_by(col(RedFlag.code)))}
+    for code, label in connection.execute(_CONCERNS):
+        concerns[code] = []
+        labels[code] = label
+    for concern_code, specialty_code, reason in connection.execute(_LINKS):
+        concerns.setdefault(concern_code, []).append((specialty_code, reason))
+    flags = {row.code: RedFlagInfo(*row) for row in connection.execute(_FLAGS)}
     return Vocabulary(concerns=concerns, concern_labels=labels, red_flags=flags)
 
 
@@ -47,19 +66,12 @@ def load_vocabulary(session: Session) -> Vocabulary:
 # seed_data/ is loaded again, yet every referral needs it. A code not in it is looked up again
 # at once (a new code is known at its first use); any other change (a label, a mapping, a
 # flag's advice) is seen within VOCABULARY_SECONDS, or at once in the process that seeded.
+# It is read through the request's session (no connection of its own) and kept as plain
+# data, so sharing it between requests and threads is safe.
 VOCABULARY_SECONDS = 10.0
 _monotonic = time.monotonic  # tests move this clock
 _cache_lock = threading.Lock()
 _cached: weakref.WeakKeyDictionary[Engine, tuple[float, Vocabulary]] = weakref.WeakKeyDictionary()
-
-
-def _read_detached(engine: Engine) -> Vocabulary:
-    """The vocabulary read in a session of its own, as objects that outlive it: shared by
-    every request of this process, they must never be changed."""
-    with Session(engine, expire_on_commit=False) as session:
-        vocabulary = load_vocabulary(session)
-        session.expunge_all()
-    return vocabulary
 
 
 def intake_vocabulary(
@@ -77,7 +89,7 @@ def intake_vocabulary(
             code in vocabulary.red_flags for code in red_flags
         ):
             return vocabulary
-    vocabulary = _read_detached(engine)
+    vocabulary = load_vocabulary(session)
     with _cache_lock:
         _cached[engine] = (now, vocabulary)
     return vocabulary
