@@ -78,6 +78,11 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": 64 * 1024,
         # Idempotency-Key records: kept at least a day so late retries still replay.
         "IDEMPOTENCY_RETENTION_HOURS": 48,
+        # Imports (referral/admin/imports): row errors an answer lists (all are kept with the
+        # run); how long a dead import's lease blocks the next; how long runs are kept.
+        "IMPORT_MAX_ERRORS": 100,
+        "IMPORT_LEASE_SECONDS": 60.0,
+        "IMPORT_RUN_RETENTION_DAYS": 30.0,
         # Public GETs may be cached briefly by browsers and CDNs.
         "PUBLIC_CACHE_MAX_AGE": 60,
         # How long a worker trusts an API key's row (referral/auth/keys.py): a key revoked
@@ -147,6 +152,11 @@ def check_settings(config: Mapping[str, Any]) -> None:
         raise ValueError(f"{ENV_PREFIX}MATCH_CONFIRMED_DETOUR_KM must be 0 or more")
     if _number(config, "MATCH_CONFIRMED_DETOUR_RATIO") < 1:
         raise ValueError(f"{ENV_PREFIX}MATCH_CONFIRMED_DETOUR_RATIO must be 1 or more")
+    for name in ("IMPORT_MAX_ERRORS", "IMPORT_LEASE_SECONDS", "IMPORT_RUN_RETENTION_DAYS"):
+        if not _number(config, name) > 0:
+            raise ValueError(f"{ENV_PREFIX}{name} must be above 0: {config[name]!r}")
+    if _number(config, "DATABASE_STATEMENT_TIMEOUT_MS") < 0:
+        raise ValueError(f"{ENV_PREFIX}DATABASE_STATEMENT_TIMEOUT_MS must be 0 or more")
 
 
 def _env_value(raw: str) -> Any:

@@ -142,3 +142,17 @@ def test_dockerfile_is_multi_stage_non_root_with_a_health_check():
     assert '"python"' in health_check and "/healthz" in health_check, health_check
     entrypoint = (REPO_ROOT / "docker" / "entrypoint.sh").read_text(encoding="utf-8")
     assert entrypoint.index("referral db upgrade") < entrypoint.index("exec referral serve")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("IMPORT_MAX_ERRORS", 0),
+        ("IMPORT_LEASE_SECONDS", -5),
+        ("IMPORT_RUN_RETENTION_DAYS", "forever"),
+        ("DATABASE_STATEMENT_TIMEOUT_MS", -1),
+    ],
+)
+def test_bad_import_and_timeout_settings_are_refused_at_start(tmp_path, name, value):
+    with pytest.raises(ValueError, match=f"REFERRAL_{name}"):
+        create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", name: value})
