@@ -2,8 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-BIND ?= 127.0.0.1:8000
-WORKERS ?= 2
+# `make run BIND=0.0.0.0:8080 WORKERS=4`; without them REFERRAL_BIND and REFERRAL_WORKERS
+# apply (defaults 127.0.0.1:8000 and 2): the flags are passed only when given.
+BIND ?=
+WORKERS ?=
 
 .PHONY: run test lint typecheck check openapi seed clean bench
 
@@ -16,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed
 	$(BIN)/referral seed
-	$(BIN)/referral serve --bind $(BIND) --workers $(WORKERS)
+	$(BIN)/referral serve $(if $(BIND),--bind $(BIND)) $(if $(WORKERS),--workers $(WORKERS))
 
 test: $(BIN)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from limits import parse_many
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "REFERRAL_"
 
@@ -96,8 +98,8 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         # 0 trusts none (client IP is the peer's address). Set it to the number of proxies,
         # or any client can pick its own IP (and rate-limit key) with one header.
         "TRUSTED_PROXIES": 0,
-        # GET /metrics needs "Authorization: Bearer <token>" when set; open when None (keep it
-        # off the public load balancer then).
+        # GET /metrics answers only "Authorization: Bearer <token>"; with None it answers 404
+        # to everyone (docs/operations.md, "Metrics").
         "METRICS_TOKEN": None,
         # Rate limits (Flask-Limiter reads the RATELIMIT_* names itself). memory:// counts per
         # process: with several workers or machines use Redis, e.g. redis://redis:6379/0.
@@ -114,6 +116,12 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         "RATELIMIT_GEOCODE": "30 per minute",
         # Per API key (its id, never the key), POST /v1/referrals.
         "RATELIMIT_REFERRALS": "600 per minute",
+        # Per API key (its id), public directory GETs made with a usable key: instead of
+        # RATELIMIT_PUBLIC, so an editor is not held by anonymous traffic from its address.
+        "RATELIMIT_KEYED": "600 per minute",
+        # Per client IP, requests to routes needing a key that are refused 401 (no usable
+        # key); past it they get 429 before any lookup or audit. Usable keys are never held.
+        "RATELIMIT_KEY_REFUSALS": "60 per minute",
         "RATELIMIT_HEADERS_ENABLED": True,
         # The limit store being down must not take the API down: fall back to per-process
         # counting in memory (logged) until it is back.
@@ -129,6 +137,16 @@ def default_settings(instance_path: str) -> dict[str, Any]:
         # Swagger UI assets come from the swagger-ui-bundle package, served by us: no CDN.
         "OPENAPI_SWAGGER_UI_URL": "/docs/assets/",
     }
+
+
+# The limits referral.ops.limits applies (checked at start: a typo must not fail requests).
+RATE_LIMITS = (
+    "RATELIMIT_PUBLIC",
+    "RATELIMIT_KEYED",
+    "RATELIMIT_GEOCODE",
+    "RATELIMIT_REFERRALS",
+    "RATELIMIT_KEY_REFUSALS",
+)
 
 
 def _number(config: Mapping[str, Any], name: str) -> float:
@@ -157,6 +175,14 @@ def check_settings(config: Mapping[str, Any]) -> None:
             raise ValueError(f"{ENV_PREFIX}{name} must be above 0: {config[name]!r}")
     if _number(config, "DATABASE_STATEMENT_TIMEOUT_MS") < 0:
         raise ValueError(f"{ENV_PREFIX}DATABASE_STATEMENT_TIMEOUT_MS must be 0 or more")
+    for name in RATE_LIMITS:
+        try:
+            parse_many(str(config[name]))
+        except ValueError:
+            limit = config[name]
+            raise ValueError(
+                f"{ENV_PREFIX}{name} must be a rate limit such as '60 per minute': {limit!r}"
+            ) from None
 
 
 def _env_value(raw: str) -> Any:

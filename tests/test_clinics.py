@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, auth
+
+ORIGIN = {"Origin": "https://site.example"}
 
 
 def pagination(response) -> dict:
@@ -105,6 +107,39 @@ def test_cors_not_open_outside_the_public_api(client):
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
+def cors_headers(response) -> list[str]:
+    return [name for name, _ in response.headers if name.lower().startswith("access-control")]
+
+
+def test_cors_stays_closed_for_directory_writes(client, editor):
+    # Public paths, but not reads: no CORS for the write, its refusal or its preflight.
+    made = client.post(
+        "/v1/clinics", json={"name": "Cors Clinic"}, headers=auth(editor["admin"], **ORIGIN)
+    )
+    assert made.status_code == 201, made.get_json()
+    assert cors_headers(made) == []
+    refused = client.post("/v1/clinics", json={"name": "X"}, headers=ORIGIN)
+    assert_problem(refused, 401)
+    assert cors_headers(refused) == []
+    clinic = f"/v1/clinics/{made.get_json()['id']}"
+    for url, method in (("/v1/clinics", "POST"), (clinic, "PATCH"), (clinic, "DELETE"),
+                        (f"{clinic}/locations", "POST")):  # fmt: skip
+        preflight = client.options(
+            url,
+            headers={**ORIGIN, "Access-Control-Request-Method": method,
+                     "Access-Control-Request-Headers": "authorization, content-type, if-match"},
+        )  # fmt: skip
+        assert cors_headers(preflight) == [], (url, method)
+    # A plain OPTIONS is no preflight: nothing either.
+    assert cors_headers(client.options("/v1/clinics", headers=ORIGIN)) == []
+    # The public reads keep theirs, errors and preflights included.
+    for url in (clinic, "/v1/clinics/999999", "/v1/locations/nearest?zip=00000"):
+        assert client.get(url, headers=ORIGIN).headers["Access-Control-Allow-Origin"] == "*", url
+        preflight = client.options(url, headers={**ORIGIN, "Access-Control-Request-Method": "GET"})
+        assert preflight.headers["Access-Control-Allow-Origin"] == "*", url
+        assert preflight.headers["Access-Control-Allow-Methods"], url
+
+
 def test_etag_and_not_modified(client):
     for url in ("/v1/clinics?state=TX", "/v1/specialties", "/v1/locations/nearest?zip=78201"):
         first = client.get(url)
@@ -121,3 +156,50 @@ def test_errors_are_not_cached_publicly(client):
     response = client.get("/v1/locations/nearest?zip=00000")
     assert_problem(response, 422, "zip")
     assert "public" not in response.headers.get("Cache-Control", "")
+
+
+def test_creation_answers_the_etag_a_get_would(client, editor):
+    # A client may PATCH right after creating, with no GET in between.
+    made = client.post("/v1/clinics", json={"name": "Etag Clinic"}, headers=auth(editor["writer"]))
+    assert made.status_code == 201, made.get_json()
+    url = made.headers["Location"]
+    seen = client.get(url, headers=auth(editor["writer"]))
+    assert made.headers["ETag"] == seen.headers["ETag"]
+    place = client.post(
+        f"{url}/locations",
+        json={"city": "Minneapolis", "state": "MN", "lat": 44.95, "lon": -93.29},
+        headers=auth(editor["writer"]),
+    )
+    assert place.status_code == 201, place.get_json()
+    where = place.headers["Location"]
+    assert (
+        place.headers["ETag"] == client.get(where, headers=auth(editor["writer"])).headers["ETag"]
+    )
+    moved = client.patch(
+        where,
+        json={"address_line1": "1 Lake St"},
+        headers=auth(editor["writer"], **{"If-Match": place.headers["ETag"]}),
+    )
+    assert moved.status_code == 200, moved.get_json()
+    # The clinic's ETag changed with its location: the one from creation is stale now, and
+    # the 412 says how to recover.
+    renamed = client.patch(
+        url,
+        json={"name": "Etag Clinic Two"},
+        headers=auth(editor["writer"], **{"If-Match": made.headers["ETag"]}),
+    )
+    body = assert_problem(renamed, 412, "If-Match")
+    assert "fetch it again" in body["detail"]
+    current = client.get(url, headers=auth(editor["writer"])).headers["ETag"]
+    renamed = client.patch(
+        url,
+        json={"name": "Etag Clinic Two"},
+        headers=auth(editor["writer"], **{"If-Match": current}),
+    )
+    assert renamed.status_code == 200, renamed.get_json()
+
+
+def test_creation_etag_is_in_the_spec(app):
+    paths = app.extensions["referral_api"].spec.to_dict()["paths"]
+    for path in ("/v1/clinics", "/v1/clinics/{clinic_id}/locations"):
+        assert "ETag" in paths[path]["post"]["responses"]["201"]["headers"], path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, auth
 
 NEAREST = "/v1/locations/nearest"
 
@@ -113,3 +113,23 @@ def test_unexpected_errors_are_problems_without_internals(app, client, monkeypat
     body = assert_problem(response, 500)
     assert "secret" not in response.get_data(as_text=True)
     assert body["detail"] == "The server could not complete the request."
+
+
+def test_nul_is_refused_alike_in_a_query_and_in_a_body(client, editor):
+    # One status wherever a NUL is sent: the text is well-formed, but no field takes it.
+    assert_problem(client.get(f"{NEAREST}?city=a%00b&state=TX"), 422, "city")
+    body = client.post(
+        "/v1/clinics",
+        data='{"name": "Clinic \\u0000"}',
+        content_type="application/json",
+        headers=auth(editor["admin"]),
+    )
+    assert_problem(body, 422, "name")
+    # A lone surrogate is not text at all: still a 400.
+    surrogate = client.post(
+        "/v1/clinics",
+        data='{"name": "Clinic \\udc00"}',
+        content_type="application/json",
+        headers=auth(editor["admin"]),
+    )
+    assert_problem(surrogate, 400, "name")

@@ -7,15 +7,21 @@ No test reaches anything but 127.0.0.1: an autouse fixture refuses other connect
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
 import socket
+import stat
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,9 +37,10 @@ from referral.geo.chain import get_geocoder
 from referral.geo.distance import geodesic_km
 from referral.geo.models import GeocodeCacheEntry
 from referral.geo.network import GeocoderConfigError, nominatim_precision
+from referral.geo.shared import SECRET_FILE, GeocoderBusy
 from referral.timeutil import utcnow
-from tests.conftest import build_app
-from tests.helpers import assert_problem, stored_locations
+from tests.conftest import REPO_ROOT, build_app, skip_or_fail
+from tests.helpers import assert_problem, auth, stored_locations
 
 USER_AGENT = "referral-tests/1.0 (tests@example.org)"
 SOURCE = "geopy nominatim"
@@ -210,18 +217,32 @@ def nominatim() -> Iterator[StubNominatim]:
     thread.join(5)
 
 
+# The gazetteer's built tables, shared by every test (building them takes seconds).
+GAZETTEER_DIR = os.environ.get("REFERRAL_INSTANCE_PATH") or str(REPO_ROOT / "instance")
+
+
 @pytest.fixture
-def make_app(database_url: str, nominatim: StubNominatim) -> Iterator[Callable[..., Flask]]:
-    """Apps using the stub as their Nominatim; ``extra`` settings override the defaults."""
+def make_app(
+    database_url: str,
+    nominatim: StubNominatim,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[..., Flask]]:
+    """Apps using the stub as their Nominatim; ``extra`` settings override the defaults.
+
+    Each test has an instance folder of its own (the request budget's file and the cache
+    secret live there), ``tmp_path / "instance"`` unless ``instance`` names another."""
     apps: list[Flask] = []
 
-    def make(**extra: Any) -> Flask:
+    def make(instance: Path | None = None, **extra: Any) -> Flask:
         settings: dict[str, Any] = {
             "GEOCODER": "nominatim",
             "GEOCODER_OPTIONS": nominatim.options,
             "GEOCODER_TIMEOUT_SECONDS": 2.0,
+            "GAZETTEER_CACHE_DIR": GAZETTEER_DIR,
             **extra,
         }
+        monkeypatch.setenv("REFERRAL_INSTANCE_PATH", str(instance or tmp_path / "instance"))
         app = build_app(database_url, **settings)
         apps.append(app)
         return app
@@ -300,8 +321,13 @@ def test_nominatim_is_held_to_one_request_a_second_even_if_configured_faster(
 ) -> None:
     app = make_app(GEOCODER_MIN_DELAY_SECONDS=0)
     with app.app_context():
-        get_geocoder(app).text("1 First Street, Minneapolis, MN 55413")
-        get_geocoder(app).text("2 Second Street, Minneapolis, MN 55413")
+        chain = get_geocoder(app)
+        chain.text("1 First Street, Minneapolis, MN 55413")
+        with pytest.raises(GeocoderBusy) as busy:
+            chain.text("2 Second Street, Minneapolis, MN 55413")
+        assert 0 < busy.value.retry_after <= 1.0
+        time.sleep(busy.value.retry_after)
+        chain.text("2 Second Street, Minneapolis, MN 55413")
 
     first, second = nominatim.requests
     assert second.at - first.at >= 0.9
@@ -351,6 +377,7 @@ def test_an_expired_cache_entry_is_asked_again(
             [entry] = session.exec(select(GeocodeCacheEntry)).all()
             entry.created_at = utcnow() - timedelta(days=31)
             session.commit()
+        time.sleep(1.0)  # Nominatim's budget: one request a second
         refreshed = chain.text(ROAD_Q)
 
     assert before is not None and still_cached == before
@@ -515,6 +542,148 @@ def test_location_without_network_never_calls_it(geo_app: Flask, nominatim: Stub
     assert online.precision is GeocodePrecision.ROOFTOP
     assert online.source == SOURCE
     assert online.label == offline.label  # the label still comes from the gazetteer
+
+
+# ---- one request budget for every worker and host -----------------------------------------
+
+OTHER_Q = "1 First Street, Minneapolis, MN 55413"
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """REFERRAL_TEST_REDIS_URL, with this test's keys removed afterwards."""
+    import redis
+
+    url = os.environ.get("REFERRAL_TEST_REDIS_URL")
+    if not url:
+        skip_or_fail("Redis tests skipped: set REFERRAL_TEST_REDIS_URL")
+    assert url is not None
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        skip_or_fail(f"Redis tests skipped: cannot reach REFERRAL_TEST_REDIS_URL: {exc}")
+    yield url
+    client.close()
+
+
+def assert_busy_at_once(app: Flask, address: str) -> None:
+    """The address search is refused at once: 503 naming ``address``, with Retry-After."""
+    started = time.monotonic()
+    response = nearest(app, address)
+    took = time.monotonic() - started
+
+    body = assert_problem(response, 503, "address")
+    [param] = body["invalid_params"]
+    assert param["location"] == "query"
+    assert response.headers["Retry-After"] == "1"
+    assert took < 0.5, took  # not queued behind the budget
+    # A search that needs no network is not held up meanwhile.
+    assert app.test_client().get("/v1/locations/nearest?zip=55413").status_code == 200
+
+
+def test_two_apps_on_one_host_share_one_budget(
+    make_app: Callable[..., Flask], nominatim: StubNominatim, tmp_path: Path
+) -> None:
+    # Two apps as two workers are: nothing shared but the instance folder.
+    first, second = make_app(), make_app(tmp_path / "instance")
+
+    assert nearest(first, BUILDING_Q).status_code == 200
+    assert_busy_at_once(second, ROAD_Q)
+    assert_busy_at_once(first, OTHER_Q)
+    assert nominatim.queries() == [BUILDING_Q]
+    assert cache_rows(second) and len(cache_rows(second)) == 1  # a refusal is not cached
+    time.sleep(1.0)
+    assert nearest(second, ROAD_Q).get_json()["origin"]["precision"] == "street"
+    first_at, second_at = (seen.at for seen in nominatim.requests)
+    assert second_at - first_at >= 0.9
+
+
+def test_hosts_sharing_redis_share_one_budget(
+    make_app: Callable[..., Flask], nominatim: StubNominatim, tmp_path: Path, redis_url: str
+) -> None:
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    shared = {"RATELIMIT_STORAGE_URI": redis_url, "RATELIMIT_KEY_PREFIX": prefix}
+    # Two hosts: instance folders of their own, one Redis.
+    first = make_app(tmp_path / "host-a", **shared)
+    second = make_app(tmp_path / "host-b", **shared)
+
+    assert nearest(first, BUILDING_Q).status_code == 200
+    assert_busy_at_once(second, ROAD_Q)
+    assert nominatim.queries() == [BUILDING_Q]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        left = client.pttl(f"{prefix}:geocoder-budget:nominatim")
+        assert 0 < left <= 1000  # type: ignore[operator]
+    finally:
+        client.delete(f"{prefix}:geocoder-budget:nominatim")
+        client.close()
+    assert nearest(second, ROAD_Q).status_code == 200  # the key is gone: the budget is open
+    assert nominatim.queries() == [BUILDING_Q, ROAD_Q]
+
+
+def test_a_location_written_while_the_budget_is_spent_is_refused_naming_its_address(
+    geo_app: Flask, nominatim: StubNominatim
+) -> None:
+    from referral.auth.keys import create_key
+
+    with Session(get_database(geo_app).engine) as session:
+        _, admin = create_key(session, name="geo-admin", scopes=["admin"])
+        session.commit()
+    client = geo_app.test_client()
+    clinic = client.get("/v1/clinics").get_json()[0]
+    before = len(client.get(f"/v1/clinics/{clinic['id']}").get_json()["locations"])
+    assert nearest(geo_app, BUILDING_Q).status_code == 200
+
+    response = client.post(
+        f"/v1/clinics/{clinic['id']}/locations",
+        json={"address_line1": "2 Second Street", "city": "Minneapolis", "state": "MN"},
+        headers=auth(admin),
+    )
+
+    body = assert_problem(response, 503, "address_line1")
+    assert body["invalid_params"][0]["location"] == "json"
+    assert response.headers["Retry-After"] == "1"
+    assert len(client.get(f"/v1/clinics/{clinic['id']}").get_json()["locations"]) == before
+    assert nominatim.queries() == [BUILDING_Q]
+
+
+# ---- the cache secret ---------------------------------------------------------------------
+
+
+def test_without_a_configured_secret_one_is_made_once_in_the_instance_folder(
+    make_app: Callable[..., Flask], nominatim: StubNominatim, tmp_path: Path
+) -> None:
+    first = make_app()
+    second = make_app(tmp_path / "instance")  # another worker: the same secret, not a new one
+    path = tmp_path / "instance" / SECRET_FILE
+    secret = path.read_text().strip()
+
+    assert len(secret) >= 64
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with first.app_context():
+        get_geocoder(first).text(BUILDING_Q)
+    [row] = cache_rows(first)
+    message = f"nominatim\n{' '.join(BUILDING_Q.casefold().split())}".encode()
+    assert row["key"] == hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    assert row["key"] != hashlib.sha256(message).hexdigest()  # not confirmable by guessing
+    assert nearest(second, BUILDING_Q).status_code == 200  # found in the first's cache
+    assert nominatim.queries() == [BUILDING_Q]
+
+
+def test_a_configured_secret_is_used_and_no_file_is_made(
+    make_app: Callable[..., Flask], nominatim: StubNominatim, tmp_path: Path
+) -> None:
+    app = make_app(GEOCODE_CACHE_SECRET="configured-secret")
+    with app.app_context():
+        get_geocoder(app).text(BUILDING_Q)
+
+    [row] = cache_rows(app)
+    message = f"nominatim\n{' '.join(BUILDING_Q.casefold().split())}".encode()
+    assert row["key"] == hmac.new(b"configured-secret", message, hashlib.sha256).hexdigest()
+    assert not (tmp_path / "instance" / SECRET_FILE).exists()
 
 
 # ---- configuration ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from referral.admin.imports import apply, read
 from referral.admin.imports import validate as checks
 from referral.admin.models import AdminChange
 from referral.admin.service import EditError, normalize_phone
+from referral.web.text import starts_like_formula
 
 FAST_COLUMNS = sorted(checks._FAST)
 KNOWN_SPECIALTIES = {"orthopedic", "spine", "sports"}
@@ -185,7 +186,8 @@ def reference_csv_rows(text: str) -> list[tuple[int, dict[str, Any]]]:
             if name not in imports.COLUMNS:
                 continue
             cell = cell.strip()
-            if len(cell) > 1 and cell[0] == "'" and cell[1] in imports.FORMULA_PREFIXES:
+            # An export's defusing "'" (before a formula starter, white space or not) is undone.
+            if len(cell) > 1 and cell[0] == "'" and starts_like_formula(cell[1:]):
                 cell = cell[1:]
             values[name] = cell or None
         rows.append((number, values))

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 from limits.storage import RedisStorage
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from referral.auth.keys import create_key
 from referral.db import get_database
 from referral.ops.limits import RATE_LIMITED_RESPONSE, OneTripRedisStorage, limited_operations
+from referral.referrals.models import AuditEvent
 from tests.conftest import build_app, skip_or_fail
 from tests.helpers import assert_problem, auth
 from tests.live import serve
@@ -91,9 +92,10 @@ def test_public_reads_are_limited_per_client_ip(app, client):
     assert_rate_limited(client.get("/v1/clinics.csv"))
     other = client.get("/v1/clinics", environ_base={"REMOTE_ADDR": "192.0.2.7"})
     assert other.status_code == 200
-    # Probes and the docs are never limited.
+    # Probes and the docs are never limited (/metrics answers only its token).
+    app.config["METRICS_TOKEN"] = "limits-metrics-token"
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
-        assert client.get(path).status_code == 200, path
+        assert client.get(path, headers=auth("limits-metrics-token")).status_code == 200, path
 
 
 def test_address_searches_have_their_own_tighter_limit(app, client):
@@ -220,14 +222,17 @@ def test_limited_operations_document_429(app):
         ("/v1/concerns", "get"),
         ("/v1/referrals", "post"),
     } <= operations
-    assert ("/v1/clinics", "post") not in operations
+    # Routes needing a key answer 429 to too many refused keys (RATELIMIT_KEY_REFUSALS).
+    assert {("/v1/clinics", "post"), ("/v1/referrals", "get"), ("/v1/admin/audit", "get")} <= (
+        operations
+    )
+    assert not {method for _, method in operations} & {"head", "options"}
     for path, method in operations:
         responses = spec["paths"][path][method]["responses"]
         assert responses["429"] == {"$ref": f"#/components/responses/{RATE_LIMITED_RESPONSE}"}
     documented = spec["components"]["responses"][RATE_LIMITED_RESPONSE]
     assert list(documented["content"]) == ["application/problem+json"]
     assert "Retry-After" in documented["headers"]
-    assert "429" not in spec["paths"]["/v1/referrals"]["get"]["responses"]
 
 
 def test_limit_keys_in_redis_name_no_key_or_token(database_url, redis_url, key_prefix):
@@ -252,6 +257,25 @@ def test_limit_keys_in_redis_name_no_key_or_token(database_url, redis_url, key_p
     _, key_id, secret = key.split("_", 2)
     for name in names:
         assert key_id not in name and secret not in name and key not in name, name
+
+
+def test_key_refusals_are_counted_across_hosts_sharing_redis(database_url, redis_url, key_prefix):
+    # Two app hosts, one Redis: refusals of a key-less client add up; none is audited.
+    settings = {
+        "RATELIMIT_STORAGE_URI": redis_url,
+        "RATELIMIT_KEY_PREFIX": key_prefix,
+        "RATELIMIT_KEY_REFUSALS": "4 per hour",
+    }
+    hosts = [build_app(database_url, **settings) for _ in range(2)]
+    statuses = [
+        hosts[n % 2].test_client().get("/v1/referrals", headers=auth("nope")).status_code
+        for n in range(6)
+    ]
+    assert statuses == [401] * 4 + [429] * 2
+    with Session(get_database(hosts[0]).engine) as session:
+        assert session.exec(select(AuditEvent)).all() == []
+    for host in hosts:
+        get_database(host).dispose()
 
 
 def _headers(response: Any) -> tuple[str | None, ...]:

@@ -49,3 +49,62 @@ def test_docs_ui_uses_only_our_own_assets(client):
         assert len(asset.get_data()) > 1000
     assert "http://" not in html and "https://" not in html
     assert "/openapi.json" in html
+
+
+def operations(spec: dict) -> list[tuple[str, str, dict]]:
+    methods = {"get", "put", "post", "patch", "delete", "head", "options"}
+    return [
+        (path, method, operation)
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if method in methods
+    ]
+
+
+def test_every_operation_has_a_usable_unique_operation_id(app):
+    spec = app.extensions["referral_api"].spec.to_dict()
+    names = [operation.get("operationId") for _, _, operation in operations(spec)]
+    assert all(name and re.fullmatch(r"[a-z][a-z0-9_]*", name) for name in names), names
+    assert len(names) == len(set(names))
+    nearest = spec["paths"]["/v1/locations/nearest"]["get"]
+    assert nearest["operationId"] == "get_nearest_locations"
+    assert spec["paths"]["/v1/referrals"]["post"]["operationId"] == "post_referrals"
+
+
+def test_every_operation_states_its_security_and_early_refusals(app):
+    spec = app.extensions["referral_api"].spec.to_dict()
+    assert spec["servers"], "a spec without servers"
+    for path, method, operation in operations(spec):
+        where = f"{method} {path}"
+        assert "security" in operation, where
+        public = method == "get" and re.fullmatch(r"/v1/(clinics|locations|specialties|concerns)"
+                                                  r"(/.*)?|/v1/clinics\.csv|/v1/locations\.geojson",
+                                                  path)  # fmt: skip
+        assert (operation["security"] == []) == bool(public), where
+        # An over-long request line (gunicorn) and a NUL in the query string (any route).
+        assert {"414", "422"} <= set(map(str, operation["responses"])), where
+
+
+def test_nullable_nested_schemas_are_typed_unions(app):
+    schemas = app.extensions["referral_api"].spec.to_dict()["components"]["schemas"]
+    for schema, field, ref in (
+        ("NearestResponse", "radius", "Radius"),
+        ("NearestResponse", "nearest_outside_radius", "NearestHit"),
+        ("Referral", "match", "Match"),
+        ("Referral", "reach", "Reach"),
+    ):
+        branches = schemas[schema]["properties"][field]["anyOf"]
+        assert branches[0] == {"$ref": f"#/components/schemas/{ref}"}, (schema, field)
+        # The other branch admits null and nothing else (no catch-all object).
+        assert branches[1:] == [{"type": "object", "nullable": True, "enum": [None]}]
+
+
+def test_links_use_uri_references(app):
+    post = app.extensions["referral_api"].spec.to_dict()["paths"]["/v1/referrals"]["post"]
+    for link in post["responses"]["201"]["links"].values():
+        assert "{" not in link["operationRef"] and "%7B" in link["operationRef"]
+
+
+def test_the_radius_limit_is_stated(app):
+    nearest = app.extensions["referral_api"].spec.to_dict()["paths"]["/v1/locations/nearest"]
+    assert "5,000 km" in nearest["get"]["description"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -30,6 +31,18 @@ from tests.live import OPENER, free_port, serve, wait_for
 
 # A request id the service makes: 32 lowercase hex digits (128 random bits).
 MADE_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+METRICS_TOKEN = "test-metrics-token-4b1d2c"
+
+
+def scrape(client: Any) -> str:
+    """The metrics page, as a scraper holding the token sees it."""
+    client.application.config["METRICS_TOKEN"] = METRICS_TOKEN
+    response = client.get("/metrics", headers=auth(METRICS_TOKEN))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return str(response.get_data(as_text=True))
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -158,17 +171,14 @@ def test_a_request_id_is_made_for_every_answer(client):
 
 
 def test_metrics_count_by_endpoint_never_by_path_or_query(client):
-    before = client.get("/metrics").get_data(as_text=True)
+    before = scrape(client)
     for _ in range(3):
         assert client.get("/v1/locations/nearest?zip=78201&limit=2").status_code == 200
     assert client.get("/v1/locations/nearest?zip=00000").status_code == 422
     assert client.get("/v1/clinics/99999").status_code == 404
     assert client.get("/nowhere-55413").status_code == 404
     assert client.open("/v1/specialties", method="BREW").status_code == 405
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain")
-    after = response.get_data(as_text=True)
+    after = scrape(client)
 
     def delta(**labels: str) -> float:
         return requests_counted(after, **labels) - requests_counted(before, **labels)
@@ -198,7 +208,7 @@ def test_metrics_count_referrals_created(app, client):
     body = {"origin": {"zip": "55413"}, "concerns": ["running_low_back_pain"]}
 
     def created() -> float:
-        text = client.get("/metrics").get_data(as_text=True)
+        text = scrape(client)
         return samples(text, "referral_referrals_created_total")[()]
 
     before = created()
@@ -208,6 +218,14 @@ def test_metrics_count_referrals_created(app, client):
     assert replay.status_code == 201 and replay.get_json()["replayed"] is True
     assert client.post("/v1/referrals", json={}, headers=auth(key)).status_code == 422
     assert created() - before == 1  # the replay and the refusal created nothing
+
+
+def test_metrics_answer_nobody_without_a_token(app, client):
+    assert app.config["METRICS_TOKEN"] is None  # the default
+    for headers in ({}, auth("anything"), auth("")):
+        response = client.get("/metrics", headers=headers)
+        assert_problem(response, 404)
+        assert "referral_" not in response.get_data(as_text=True)
 
 
 def test_metrics_token_is_required_when_set(app, client):
@@ -244,6 +262,17 @@ def fetch(url: str, *, data: Any = None, headers: dict[str, str] | None = None) 
             return Reply(exc.code, dict(exc.headers), exc.read())
 
 
+def raw_request(base: str, request_line: str) -> bytes:
+    """What the server answers to ``request_line`` sent as is (spaces and all)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"{request_line} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
 def log_lines(output: str) -> list[dict[str, Any]]:
     """Every line of the server's output, parsed: each must be one JSON object."""
     parsed = []
@@ -261,12 +290,14 @@ def test_metrics_add_up_every_worker_process(database_url, tmp_path):
     # Each worker is replaced after 5 requests, so 20 requests are answered by at least 4
     # processes: only counts summed over every process (dead ones too) can say 20.
     recycle = ["--max-requests", "5", "--max-requests-jitter", "0"]
+    env = {"REFERRAL_METRICS_TOKEN": METRICS_TOKEN}
     with serve(
-        database_url, tmp_path, workers=2, extra_args=recycle, ready_path="/healthz"
+        database_url, tmp_path, workers=2, env=env, extra_args=recycle, ready_path="/healthz"
     ) as served:
         for _ in range(20):
             assert fetch(f"{served.base}/v1/specialties").status == 200
-        text = fetch(f"{served.base}/metrics").body.decode()
+        assert fetch(f"{served.base}/metrics").status == 401
+        text = fetch(f"{served.base}/metrics", headers=auth(METRICS_TOKEN)).body.decode()
         pids = {
             entry["pid"]
             for entry in log_lines(served.output())
@@ -307,6 +338,7 @@ def test_json_logs_carry_request_ids_but_no_query_body_or_key(database_url, tmp_
             headers={**auth(key), "X-Request-ID": "trace-referral-1"},
         )
         hostile = fetch(f"{served.base}/v1/specialties", headers={"X-Request-ID": "a b"})
+        unparsable = raw_request(served.base, f"GET /v1/locations/nearest?address={secret_address}")
     output = served.output()
     why = served.explain("")
     assert first.headers["X-Request-ID"] == "trace-nearest-1"
@@ -337,6 +369,13 @@ def test_json_logs_carry_request_ids_but_no_query_body_or_key(database_url, tmp_
     ):
         assert leaked not in output, (leaked, why)
     assert not any("?" in str(e.get("path")) for e in access.values()), why
+    # An unencoded address in the request line: gunicorn's 400, logged as the error's kind.
+    assert unparsable.startswith(b"HTTP/1.1 400"), unparsable
+    assert any(
+        e["logger"] == "gunicorn.error"
+        and e["msg"] == "Invalid request from ip=127.0.0.1: InvalidHTTPVersion"
+        for e in entries
+    ), why
 
 
 def test_serve_takes_workers_and_bind_from_settings(database_url, tmp_path):
@@ -618,7 +657,7 @@ def test_the_access_log_writes_the_same_line_directly_or_through_logging(
 def test_healthz_is_the_floor_and_still_counted(client):
     from referral.ops import metrics
 
-    before = client.get("/metrics").get_data(as_text=True)
+    before = scrape(client)
     for _ in range(3):
         response = client.get("/healthz")
         assert response.status_code == 200 and response.get_json() == {"status": "ok"}
@@ -629,7 +668,7 @@ def test_healthz_is_the_floor_and_still_counted(client):
     for number in range(30):
         assert client.open("/healthz", method=f"BREW{number}").status_code == 405
     assert len(metrics._children) <= label_sets + 1
-    after = client.get("/metrics").get_data(as_text=True)
+    after = scrape(client)
 
     def delta(name: str, **labels: str) -> float:
         def total(text: str) -> float:

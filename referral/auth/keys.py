@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NoReturn
 
@@ -316,31 +317,79 @@ def _unauthorized(message: str, error: str | None = "invalid_token") -> NoReturn
     raise AssertionError("unreachable")
 
 
-def authenticate() -> ApiKey:
-    """The usable API key of this request's ``Authorization: Bearer <key>``, else abort 401.
+_VERDICT_ENVIRON = "referral.auth_verdict"
 
-    Stores the key on ``flask.g.api_key``. Messages never contain the presented key. The row
-    may come from this process's cache (at most KEY_CACHE_SECONDS old) and belongs to no
-    session: read it, never change it.
-    """
-    header = request.headers.get("Authorization", "").strip()
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What this request's Authorization header amounts to, worked out once per request."""
+
+    key: ApiKey | None  # the usable key, or None
+    message: str = ""  # why not (never the presented key)
+    error: str | None = "invalid_token"  # RFC 6750 error code: none when no credentials came
+    refused: ApiKey | None = None  # a real key that is revoked or expired
+
+
+def _verdict() -> _Verdict:
+    # Kept in the request's environ, not flask.g: an app context can outlive one request.
+    cached: _Verdict | None = request.environ.get(_VERDICT_ENVIRON)
+    if cached is None:
+        cached = _judge(request.headers.get("Authorization", "").strip())
+        request.environ[_VERDICT_ENVIRON] = cached
+    return cached
+
+
+def _judge(header: str) -> _Verdict:
     if not header:
-        _unauthorized("an API key is needed: Authorization: Bearer <key>", error=None)
+        return _Verdict(None, "an API key is needed: Authorization: Bearer <key>", error=None)
     scheme, _, credentials = header.partition(" ")
     credentials = credentials.strip()
     if scheme.lower() != "bearer" or not credentials:
-        _unauthorized("the Authorization header must be: Bearer <key>", error="invalid_request")
+        return _Verdict(
+            None, "the Authorization header must be: Bearer <key>", error="invalid_request"
+        )
     if parse_key(credentials) is None:
-        _unauthorized(f"not an API key (they look like {KEY_PREFIX}<key id>_<secret>)")
+        return _Verdict(None, f"not an API key (they look like {KEY_PREFIX}<key id>_<secret>)")
     key = _lookup(credentials)
     if key is None:
-        _unauthorized("unknown or invalid API key")
-    now = utcnow()
+        return _Verdict(None, "unknown or invalid API key")
     if key.revoked_at is not None:
-        _unauthorized("this API key has been revoked")
-    if key.is_expired(now):
-        _unauthorized("this API key has expired")
-    _touch(key, now)
+        return _Verdict(None, "this API key has been revoked", refused=key)
+    if key.is_expired(utcnow()):
+        return _Verdict(None, "this API key has expired", refused=key)
+    return _Verdict(key)
+
+
+def request_key() -> ApiKey | None:
+    """The usable API key this request carries, or None (no key, or not a usable one).
+
+    Never aborts and records nothing: for deciding how to treat a request (its rate limit)
+    before the view authenticates it."""
+    return _verdict().key
+
+
+def refused_key() -> ApiKey | None:
+    """The real key (revoked or expired) this request was refused for, once authenticate()
+    refused it; None for a missing, malformed, unknown or wrong key."""
+    key: ApiKey | None = g.get("refused_api_key")
+    return key
+
+
+def authenticate() -> ApiKey:
+    """The usable API key of this request's ``Authorization: Bearer <key>``, else abort 401.
+
+    Stores the key on ``flask.g.api_key`` (a revoked or expired one it refuses, on
+    ``refused_key()``). Messages never contain the presented key. The row may come from this
+    process's cache (at most KEY_CACHE_SECONDS old) and belongs to no session: read it, never
+    change it.
+    """
+    verdict = _verdict()
+    key = verdict.key
+    if key is None:
+        if verdict.refused is not None:
+            g.refused_api_key = verdict.refused
+        _unauthorized(verdict.message, error=verdict.error)
+    _touch(key, utcnow())
     g.api_key = key
     return key
 

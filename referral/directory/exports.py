@@ -13,19 +13,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, request, stream_with_context
 from flask.views import MethodView
 
-from referral.admin.imports import COLUMNS, FORMULA_PREFIXES, SPECIALTY_SEPARATOR
+from referral.admin.imports import COLUMNS, SPECIALTY_SEPARATOR
 from referral.directory.listing import export_rows
 from referral.directory.readmodel import current_snapshot
 from referral.directory.records import location_record
 from referral.directory.snapshot import Snapshot
 from referral.web.api import Blueprint
+from referral.web.text import defuse
 
 exports_blp = Blueprint(
     "exports",
@@ -35,15 +35,6 @@ exports_blp = Blueprint(
 )
 
 _STREAM_ROWS = 1000
-# A plain number is not a formula to a spreadsheet, even with a sign (-97.5, +18005550100).
-_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
-
-
-def defuse(text: str) -> str:
-    """A cell a spreadsheet would run as a formula (=, +, -, @ ...) gets a leading "'"."""
-    if text.startswith(FORMULA_PREFIXES) and not _PLAIN_NUMBER.fullmatch(text):
-        return "'" + text
-    return text
 
 
 def _streamed(chunks: Iterator[str], kind: str, revision: int, **options: Any) -> Response:

@@ -14,6 +14,8 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from referral.web.text import PlainText, text_problem
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 TIME_PATTERN = r"^(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
 # YYYY-MM-DD; the calendar decides the rest (2026-02-30 matches, and is refused).
@@ -42,7 +44,12 @@ def _exception_schema(*, closed: bool) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "date": {"type": "string", "pattern": DATE_PATTERN, "description": "YYYY-MM-DD"},
         "closed": {"type": "boolean", "enum": [closed]},
-        "note": {"type": "string", "maxLength": NOTE_MAX_CHARS, "nullable": True},
+        "note": {
+            "type": "string",
+            "maxLength": NOTE_MAX_CHARS,
+            "pattern": PlainText().regex.pattern,
+            "nullable": True,
+        },
     }
     if not closed:
         properties["hours"] = _intervals_schema()
@@ -66,6 +73,14 @@ EXCEPTION_SCHEMA: dict[str, Any] = {
 
 class HoursError(ValueError):
     pass
+
+
+def _note_problem(note: str) -> str | None:
+    """The plain-text rules of every other field (referral/web/text.py)."""
+    problem = text_problem(note)
+    if problem is None and not note.strip():
+        problem = "must not be blank"
+    return problem
 
 
 def _minutes(text: str) -> int:
@@ -127,6 +142,8 @@ def check_exceptions(exceptions: Any) -> list[dict[str, Any]]:
         note = item.get("note")
         if note is not None and (not isinstance(note, str) or len(note) > NOTE_MAX_CHARS):
             raise HoursError(f"{day}: the note is text of at most {NOTE_MAX_CHARS} characters")
+        if note is not None and (problem := _note_problem(note)):
+            raise HoursError(f"{day}: the note {problem}")
         closed = item.get("closed") is True
         if closed == ("hours" in item):
             raise HoursError(f"{day}: give either closed: true or hours")

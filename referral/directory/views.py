@@ -155,12 +155,15 @@ class Clinics(MethodView):
             headers["X-Excluded-Unknown"] = json.dumps(page.excluded_unknown, sort_keys=True)
         return page.clinics, 200, headers
 
+    @clinics_blp.etag  # the ETag a GET would give: the first PATCH needs no GET before it
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.arguments(ClinicCreateSchema)
     @clinics_blp.response(201, ClinicSchema, headers=LOCATION_HEADER)
     @problems(clinics_blp, 400, 401, 403)
     def post(self, data: dict[str, Any]) -> Any:
-        """Add a clinic (admin or clinics:write); its locations are added separately."""
+        """Add a clinic (admin or clinics:write); its locations are added separately.
+
+        The `ETag` is the one `PATCH` and `DELETE` need in `If-Match`."""
         key = _editor()
         assert key is not None
         clinic = _edit("clinic", lambda: admin.create_clinic(get_session(), data, key))
@@ -227,13 +230,16 @@ class ClinicById(MethodView):
 
 @clinics_blp.route("/<int(max=2147483647):clinic_id>/locations")
 class ClinicLocations(MethodView):
+    @clinics_blp.etag  # as for a clinic: what the location's PATCH and DELETE need
     @clinics_blp.doc(security=BEARER_SECURITY)
     @clinics_blp.arguments(LocationCreateSchema)
     @clinics_blp.response(201, LocationSchema, headers=LOCATION_HEADER)
     @problems(clinics_blp, 400, 401, 403, 404)
     def post(self, data: dict[str, Any], clinic_id: int) -> Any:
         """Add a location: geocoded through the chain, or placed by hand with lat and lon
-        (precision manual)."""
+        (precision manual; `city` and `state` are still required).
+
+        The `ETag` is the one `PATCH` and `DELETE` need in `If-Match`."""
         key = _editor()
         assert key is not None
         clinic = _clinic_or_404(clinic_id)
@@ -370,7 +376,8 @@ class NearestLocations(MethodView):
         and nothing inside it, `results` is empty and `nearest_outside_radius` holds the
         closest match anyway. A `specialty` matches clinics on record as offering it; with
         `include_possible=true` also those whose record does not say (marked `possible`);
-        `excluded_unknown.specialty` counts those left out otherwise."""
+        `excluded_unknown.specialty` counts those left out otherwise. A `radius` may be at
+        most 5,000 km (3,106.9 mi; the server's `REFERRAL_NEAREST_MAX_RADIUS_KM`): 422 beyond."""
         specialties = _checked_specialties(args.get("specialty", []))
         try:
             origin = resolve_origin_args(get_geocoder(), args)

@@ -3,6 +3,7 @@ geocoder, then the gazetteer's coarser answer for what the network could not pla
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,10 +11,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
+from werkzeug.exceptions import ServiceUnavailable
 
 from referral.db import get_database
 from referral.directory.models import GeocodePrecision
 from referral.geo.gazetteer import Gazetteer, Place, get_gazetteer
+from referral.geo.shared import GeocoderBusy, instance_secret, make_budget
 from referral.geo.usps import STATE_CODES
 
 if TYPE_CHECKING:
@@ -43,6 +46,25 @@ class GeocodeResult:
             time_zone=place.time_zone,
             label=place.label,
         )
+
+
+class GeocoderBusyProblem(ServiceUnavailable):
+    """503 naming the address field, with Retry-After: the network geocoder's shared budget
+    is spent. Rendered as problem+json by the API's error handler (its ``data`` is
+    flask-smorest's: message, errors by location and field, headers)."""
+
+    def __init__(self, location: str, field: str, retry_after: float, instead: str) -> None:
+        super().__init__()
+        seconds = max(1, math.ceil(retry_after))
+        reason = (
+            "the address geocoder is at its limit of requests for the whole service; retry "
+            f"after {seconds} s (Retry-After), or {instead}"
+        )
+        self.data = {
+            "message": f"{field}: {reason}",
+            "errors": {location: {field: [reason]}},
+            "headers": {"Retry-After": str(seconds)},
+        }
 
 
 @dataclass(frozen=True)
@@ -93,7 +115,8 @@ class GeocoderChain:
         return GeocodeResult.from_place(place) if place else None
 
     def text(self, text: str) -> GeocodeResult | None:
-        """Free text: an address, or just a ZIP or "City, ST"."""
+        """Free text: an address, or just a ZIP or "City, ST". GeocoderBusy when only the
+        network could place it and its budget is spent (the caller names its own field)."""
         parsed = parse_address(text)
         if parsed.is_only_zip and parsed.zip:
             return self.zip(parsed.zip)
@@ -122,7 +145,13 @@ class GeocoderChain:
         if address_line1 and use_network and self.network is not None:
             where = ", ".join(part for part in (address_line1, city) if part)
             tail = " ".join(part for part in (state, zip_code) if part)
-            return self._network_then_coarse(f"{where}, {tail}" if tail else where, parsed)
+            try:
+                return self._network_then_coarse(f"{where}, {tail}" if tail else where, parsed)
+            except GeocoderBusy as exc:
+                # A directory location's fields come in a JSON body (admin edits).
+                raise GeocoderBusyProblem(
+                    "json", "address_line1", exc.retry_after, "give lat and lon"
+                ) from None
         return self._coarse(parsed)
 
     def _network_then_coarse(self, text: str, parsed: ParsedAddress) -> GeocodeResult | None:
@@ -156,9 +185,17 @@ def build_chain(app: Flask) -> GeocoderChain:
     if provider:
         # Loaded only when configured: geopy and its providers cost a worker ~7 MB that the
         # offline gazetteer alone never needs (not to dodge an import cycle).
-        from referral.geo.network import NetworkGeocoder
+        from referral.geo.network import GeocoderConfigError, NetworkGeocoder
 
         database = get_database(app)
+        instance = app.instance_path
+        storage_uri = str(app.config.get("RATELIMIT_STORAGE_URI") or "")
+        prefix = str(app.config.get("RATELIMIT_KEY_PREFIX") or "referral")
+        try:
+            # Secure by default: without a configured secret, one kept in the instance folder.
+            secret = app.config.get("GEOCODE_CACHE_SECRET") or instance_secret(instance)
+        except (OSError, ValueError) as exc:
+            raise GeocoderConfigError(f"geocode cache secret: {exc}") from exc
         network = NetworkGeocoder(
             str(provider),
             dict(app.config.get("GEOCODER_OPTIONS") or {}),
@@ -167,7 +204,10 @@ def build_chain(app: Flask) -> GeocoderChain:
             timeout_seconds=float(app.config["GEOCODER_TIMEOUT_SECONDS"]),
             cache_ttl=timedelta(days=float(app.config["GEOCODE_CACHE_TTL_DAYS"])),
             query_options=dict(app.config.get("GEOCODER_QUERY_OPTIONS") or {}),
-            cache_secret=app.config.get("GEOCODE_CACHE_SECRET"),
+            cache_secret=str(secret),
+            budget=lambda name, interval: make_budget(
+                name, interval, instance_path=instance, storage_uri=storage_uri, key_prefix=prefix
+            ),
         )
     cache_dir = app.config.get("GAZETTEER_CACHE_DIR") or app.instance_path
     return GeocoderChain(lambda: get_gazetteer(str(cache_dir)), network)

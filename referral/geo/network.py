@@ -1,10 +1,12 @@
-"""An optional network geocoder: any geopy provider, rate limited, cached in the database."""
+"""An optional network geocoder: any geopy provider, held to one request budget shared by
+every worker and host (referral/geo/shared.py), cached in the database under keyed hashes."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,7 +14,6 @@ from typing import Any
 
 from geopy.adapters import URLLibAdapter
 from geopy.exc import GeocoderServiceError, GeopyError
-from geopy.extra.rate_limiter import RateLimiter
 from geopy.geocoders import get_geocoder_for_service
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +21,7 @@ from sqlmodel import Session
 
 from referral.directory.models import GeocodePrecision
 from referral.geo.models import GeocodeCacheEntry
+from referral.geo.shared import Budget, GeocoderBusy, LocalBudget
 from referral.ops import metrics
 from referral.timeutil import utcnow
 
@@ -88,7 +90,15 @@ class NetworkGeocoder:
         cache_ttl: timedelta = timedelta(days=90),
         query_options: dict[str, Any] | None = None,
         cache_secret: str | None = None,
+        budget: Callable[[str, float], Budget] | None = None,
     ) -> None:
+        """``budget(provider, min_delay_seconds)`` makes the shared request budget (one
+        process's without it); ``cache_secret`` keys the cache's hashes and is required."""
+        if not cache_secret:
+            raise GeocoderConfigError(
+                "a network geocoder needs a cache secret: plain hashes of addresses can be "
+                "confirmed by guessing (set REFERRAL_GEOCODE_CACHE_SECRET)"
+            )
         self.provider = provider.lower()
         try:
             geocoder_class = get_geocoder_for_service(self.provider)
@@ -113,18 +123,14 @@ class NetworkGeocoder:
         except (GeopyError, TypeError, ValueError) as exc:
             # An unknown option, or an agent geopy itself refuses: still a configuration error.
             raise GeocoderConfigError(f"geocoder {provider!r}: {exc}") from exc
-        # No retries here: RateLimiter's retry warning logs the call's arguments, the address.
-        self._geocode = RateLimiter(
-            self._geocoder.geocode,
-            min_delay_seconds=min_delay_seconds,
-            max_retries=0,
-            swallow_exceptions=False,
-        )
+        self.min_delay_seconds = float(min_delay_seconds)
+        make = budget or (lambda _provider, interval: LocalBudget(interval))
+        self._budget = make(self.provider, self.min_delay_seconds)
         self._query_options = dict(query_options or {})
         if self.provider == "nominatim":
             self._query_options.setdefault("country_codes", "us")
         self._engine_factory = engine_factory
-        self._cache_secret = (cache_secret or "").encode()
+        self._cache_secret = cache_secret.encode()
         self._cache_ttl = cache_ttl
         self._read_precision = PRECISION_READERS.get(
             self.provider, lambda _raw: GeocodePrecision.CITY
@@ -137,11 +143,11 @@ class NetworkGeocoder:
     def cache_key(self, query: str) -> str:
         normalized = " ".join(query.casefold().split())
         message = f"{self.provider}\n{normalized}".encode()
-        if self._cache_secret:
-            return hmac.new(self._cache_secret, message, hashlib.sha256).hexdigest()
-        return hashlib.sha256(message).hexdigest()
+        return hmac.new(self._cache_secret, message, hashlib.sha256).hexdigest()
 
     def geocode(self, query: str) -> NetworkResult | None:
+        """The cached answer, else the provider's; GeocoderBusy when a request would be
+        needed and the shared budget is spent (never waited for)."""
         key = self.cache_key(query)
         with Session(self._engine_factory()) as session:
             cached = session.get(GeocodeCacheEntry, key)
@@ -172,12 +178,24 @@ class NetworkGeocoder:
         return self._from_cache(entry)
 
     def _lookup(self, query: str) -> Any:
-        """geopy's answer, with one retry after a service error (the rate limiter spaces it)."""
+        """geopy's answer, with one retry after a service error. The first request must find
+        the budget open; the retry may wait for it, at most one interval (then gives up)."""
+        wait = self._budget.take()
+        if wait > 0:
+            metrics.geocoder_called(self.provider, "busy")
+            raise GeocoderBusy(wait)
         try:
-            return self._geocode(query, exactly_one=True, **self._query_options)
+            return self._geocoder.geocode(query, exactly_one=True, **self._query_options)
         except GeocoderServiceError as exc:
+            failure = exc
             log.info("geocoder %s failed, retrying once: %s", self.provider, type(exc).__name__)
-        return self._geocode(query, exactly_one=True, **self._query_options)
+        wait = self._budget.take()
+        if 0 < wait <= self.min_delay_seconds:
+            time.sleep(wait)
+            wait = self._budget.take()
+        if wait > 0:
+            raise failure
+        return self._geocoder.geocode(query, exactly_one=True, **self._query_options)
 
     def _expired(self, entry: GeocodeCacheEntry) -> bool:
         created = entry.created_at

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from referral.geo.chain import GeocoderChain
+from referral.geo.chain import GeocoderBusyProblem, GeocoderChain
+from referral.geo.shared import GeocoderBusy
 
 
 class ResolvedFrom(StrEnum):
@@ -71,8 +72,17 @@ def resolve_origin(
     return Origin(found.lat, found.lon, kind, found.precision.value, found.source, found.label)
 
 
-def resolve_origin_args(chain: GeocoderChain, args: Mapping[str, object]) -> Origin:
-    """``resolve_origin`` from parsed request fields named lat, lon, zip, city, state, address."""
+def resolve_origin_args(
+    chain: GeocoderChain,
+    args: Mapping[str, object],
+    *,
+    location: str = "query",
+    field_prefix: str = "",
+) -> Origin:
+    """``resolve_origin`` from parsed request fields named lat, lon, zip, city, state, address.
+
+    GeocoderBusyProblem (503, Retry-After) when the address needs the network geocoder and
+    its shared budget is spent; it names ``field_prefix + "address"`` in ``location``."""
 
     def text(name: str) -> str | None:
         value = args.get(name)
@@ -82,12 +92,18 @@ def resolve_origin_args(chain: GeocoderChain, args: Mapping[str, object]) -> Ori
         value = args.get(name)
         return None if value is None else float(value)  # type: ignore[arg-type]
 
-    return resolve_origin(
-        chain,
-        lat=number("lat"),
-        lon=number("lon"),
-        zip_code=text("zip"),
-        city=text("city"),
-        state=text("state"),
-        address=text("address"),
-    )
+    try:
+        return resolve_origin(
+            chain,
+            lat=number("lat"),
+            lon=number("lon"),
+            zip_code=text("zip"),
+            city=text("city"),
+            state=text("state"),
+            address=text("address"),
+        )
+    except GeocoderBusy as exc:
+        instead = "search by zip, city and state, or lat and lon"
+        raise GeocoderBusyProblem(
+            location, f"{field_prefix}address", exc.retry_after, instead
+        ) from None

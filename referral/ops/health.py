@@ -9,8 +9,8 @@ offered to browsers (no CORS), and never rate limited (a probe must not be refus
   (request id, metrics, access log) and nothing more.
 - /readyz: the database answers and its schema is at the migrations' head; 503 otherwise, so
   a load balancer sends no traffic to a server that cannot serve it.
-- /metrics: Prometheus text format; needs ``Authorization: Bearer <METRICS_TOKEN>`` when
-  that setting is set.
+- /metrics: Prometheus text format, only for ``Authorization: Bearer <METRICS_TOKEN>``; with
+  no token configured it answers 404 to everyone, so a public listener never shows it.
 """
 
 from __future__ import annotations
@@ -104,7 +104,11 @@ def _authorized(token: str) -> bool:
 @ops_blp.get("/metrics")
 def prometheus_metrics() -> Any:
     token = current_app.config.get("METRICS_TOKEN")
-    if token and not _authorized(str(token)):
+    if not token:
+        # Traffic volumes and refusal counts are nobody else's business: off until a token is
+        # set (docs/operations.md, "Metrics").
+        abort(404)
+    if not _authorized(str(token)):
         abort(
             401,
             message="metrics need Authorization: Bearer <METRICS_TOKEN>",

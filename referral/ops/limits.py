@@ -1,15 +1,23 @@
 """Rate limits (Flask-Limiter), all decided here:
 
 - RATELIMIT_PUBLIC: per client IP, shared by every public directory GET (clinics,
-  locations, specialties, concerns, exports);
-- RATELIMIT_GEOCODE: per client IP, nearest searches by ``address`` (those may call a
-  network geocoder), on top of the public limit;
+  locations, specialties, concerns, exports) made without a usable API key;
+- RATELIMIT_KEYED: per API key, the same GETs made with a usable key (an editor reading a
+  clinic before a PATCH does not depend on what anonymous callers at its address spent);
+- RATELIMIT_GEOCODE: per client IP (per key with a usable key), nearest searches by
+  ``address`` (those may call a network geocoder), on top of the limits above;
+- RATELIMIT_KEY_REFUSALS: per client IP, requests refused 401 (no usable key) by the routes
+  that need a key. Only refusals count; past the limit such requests get 429 before the key
+  is even looked up, so no one without a key can flood the audit trail or the key table.
+  Requests with a usable key are never held by it.
 - RATELIMIT_REFERRALS: per API key, POST /v1/referrals. Checked inside the view, after the
   key is authenticated, and keyed by the key's row id: a caller cannot spend someone else's
   allowance by sending their key id with a wrong secret, and no key or token ever reaches
   the limit store.
 
-A refusal is 429 problem+json with Retry-After (and X-RateLimit-* headers). Limits are read
+A refusal is 429 problem+json with Retry-After (and X-RateLimit-* headers). Other answers
+carry the X-RateLimit-* headers (the window's end in X-RateLimit-Reset) but no Retry-After
+unless the view gave one itself (a 409 or 503 saying when to retry). Limits are read
 from app.config at each request, so they can be changed in tests without a new app. The
 client IP is the peer address, or the one TRUSTED_PROXIES proxies vouch for (ProxyFix, set
 up in referral.ops). Counters live in RATELIMIT_STORAGE_URI: ``memory://`` counts per
@@ -18,6 +26,7 @@ process, so with several workers or machines every process allows the full rate;
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -26,18 +35,28 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RouteLimit
 from flask_limiter.constants import ConfigVars
+from flask_smorest import abort
 from flask_smorest.spec.plugins import FlaskPlugin
+from limits import parse
 from limits.storage import RedisStorage
+
+from referral.auth.keys import request_key
 
 # Blueprints whose GETs are the public directory (names as registered by referral.web).
 PUBLIC_BLUEPRINTS = ("clinics", "locations", "specialties", "concerns", "exports")
 GEOCODE_BLUEPRINT = "locations"
 INTAKE_ENDPOINT = "referrals.Referrals"
-# Every blueprint with a limit: the public ones, and the one of referral intake.
-LIMITED_BLUEPRINTS = (*PUBLIC_BLUEPRINTS, INTAKE_ENDPOINT.partition(".")[0])
+# Blueprints whose every request needs an API key, and methods needing one on the public ones.
+KEYED_BLUEPRINTS = (INTAKE_ENDPOINT.partition(".")[0], "admin", "imports")
+EDITABLE_BLUEPRINTS = ("clinics", "locations")
+EDIT_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+# Every blueprint with a limit.
+LIMITED_BLUEPRINTS = (*PUBLIC_BLUEPRINTS, *KEYED_BLUEPRINTS)
 # Flask-Limiter's settings for limits on every request (this module sets none of them).
 APP_WIDE_LIMITS = (ConfigVars.DEFAULT_LIMITS, ConfigVars.APPLICATION_LIMITS, ConfigVars.META_LIMITS)
 RATE_LIMITED_RESPONSE = "RATE_LIMITED"
+
+log = logging.getLogger(__name__)
 
 
 def client_ip() -> str:
@@ -47,6 +66,20 @@ def client_ip() -> str:
 def _api_key_id() -> str:
     # g.api_key is set by authenticate(); its row id, never the key or its public key id.
     return f"key:{g.api_key.id}"
+
+
+def _usable_key_id() -> str:
+    # The row id of the request's usable key (never the key or its public key id).
+    key = request_key()
+    return f"key:{key.id}" if key is not None else client_ip()
+
+
+def _carries_usable_key() -> bool:
+    return request_key() is not None
+
+
+def _carries_no_usable_key() -> bool:
+    return request_key() is None
 
 
 def _setting(name: str) -> Any:
@@ -68,11 +101,28 @@ def limit_referral_intake() -> None:
         pass
 
 
+_ANSWER_RETRY_AFTER = "referral.answer_retry_after"
+
+
+def _note_answer_retry_after(response: Response) -> Response:
+    # Runs before the limiter's hook, which writes its window into Retry-After on every answer
+    # (or raises the view's own value to it): keep what the view said, for the hook below.
+    request.environ[_ANSWER_RETRY_AFTER] = response.headers.get("Retry-After")
+    return response
+
+
 def _retry_after_at_least_one_second(response: Response) -> Response:
+    """Retry-After only where it means something: the view's own (a 409 or 503 saying when to
+    retry), or the limiter's on its 429, at least a second; never the window on a 200."""
+    answer = request.environ.pop(_ANSWER_RETRY_AFTER, None)
+    if answer is not None:
+        response.headers["Retry-After"] = answer
+        return response
+    if response.status_code != 429:
+        response.headers.pop("Retry-After", None)
+        return response
     # Flask-Limiter rounds down, so a window ending within the second says "Retry-After: 0"
     # (and says nothing when its headers are off): a client must wait at least a second.
-    if response.status_code != 429:
-        return response
     value = response.headers.get("Retry-After", "")
     if value.isdigit() and int(value) >= 1:
         return response
@@ -166,6 +216,7 @@ def _hooks_only_where_limits_are(app: Flask, limiter: Limiter) -> None:
     app_after = app.after_request_funcs.setdefault(None, [])
     if not limiter.enabled:  # RATELIMIT_ENABLED=false: no limits, no hooks, no 429 to fix
         app_after.remove(_retry_after_at_least_one_second)
+        app_after.remove(_note_answer_retry_after)
         app.extensions["referral_limiter_hooks"] = "none"
         return
     app.extensions["referral_limiter_hooks"] = "app"
@@ -184,9 +235,9 @@ def _hooks_only_where_limits_are(app: Flask, limiter: Limiter) -> None:
     for where, funcs in hooks.items():
         funcs.remove(found[where][0])
     app_after.remove(_retry_after_at_least_one_second)
-    # Ours first in the list: Flask runs after-request hooks in reverse, so it runs after the
-    # limiter's and sees the headers the limiter wrote.
-    after = [_retry_after_at_least_one_second, found["after"][0]]
+    app_after.remove(_note_answer_retry_after)
+    # Flask runs after-request hooks in reverse: the note before the limiter's, the fix after.
+    after = [_retry_after_at_least_one_second, found["after"][0], _note_answer_retry_after]
     for name in LIMITED_BLUEPRINTS:
         if name not in app.blueprints:
             continue
@@ -216,6 +267,7 @@ def init_app(app: Flask) -> None:
         limiter = Limiter(key_func=client_ip, app=app)
     finally:
         app.config["RATELIMIT_STORAGE_URI"] = configured
+    app.after_request(_note_answer_retry_after)  # after the limiter's: runs before it
     app.extensions["referral_limiter"] = limiter
     _hooks_only_where_limits_are(app, limiter)
 
@@ -223,14 +275,27 @@ def init_app(app: Flask) -> None:
         lambda: str(_setting("RATELIMIT_PUBLIC")),
         scope="public",
         methods=["GET", "HEAD"],
+        exempt_when=_carries_usable_key,
         error_message=lambda: (
             f"too many requests from this address: the public directory "
             f"allows {_setting('RATELIMIT_PUBLIC')}; retry after Retry-After seconds"
         ),
     )
+    keyed = limiter.shared_limit(
+        lambda: str(_setting("RATELIMIT_KEYED")),
+        scope="keyed",
+        key_func=_usable_key_id,
+        methods=["GET", "HEAD"],
+        exempt_when=_carries_no_usable_key,
+        error_message=lambda: (
+            f"too many directory reads with this API key: at most "
+            f"{_setting('RATELIMIT_KEYED')}; retry after Retry-After seconds"
+        ),
+    )
     geocode = limiter.limit(
         lambda: str(_setting("RATELIMIT_GEOCODE")),
         scope="geocode",
+        key_func=_usable_key_id,
         methods=["GET", "HEAD"],
         exempt_when=lambda: "address" not in request.args,
         error_message=lambda: (
@@ -243,8 +308,10 @@ def init_app(app: Flask) -> None:
         blueprint = app.blueprints.get(name)
         if isinstance(blueprint, Blueprint):
             public(blueprint)
+            keyed(blueprint)
             if name == GEOCODE_BLUEPRINT:
                 geocode(blueprint)
+    _limit_key_refusals(app, limiter)
     # One limit object, entered by limit_referral_intake() once the key is known; its key comes
     # from the request, so concurrent requests sharing it cannot mix keys up.
     app.extensions["referral_intake_limit"] = limiter.limit(
@@ -257,6 +324,80 @@ def init_app(app: Flask) -> None:
         ),
     )
     document_limits(app)
+
+
+# --- refusals of requests without a usable key --------------------------------------------
+# Counted here rather than by a Flask-Limiter decorator: once referral intake has entered its
+# limit inside the view, Flask-Limiter stops applying blueprint limits to that endpoint.
+
+_COUNT_REFUSAL = "referral.count_key_refusal"
+
+
+def _refusal_window() -> tuple[Any, list[str]]:
+    item = parse(str(_setting("RATELIMIT_KEY_REFUSALS")))
+    return item, [str(_setting("RATELIMIT_KEY_PREFIX")), "key-refusals", client_ip()]
+
+
+def _refusal_headers(item: Any, reset_at: float, remaining: int) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(item.amount),
+        "X-RateLimit-Remaining": str(max(remaining, 0)),
+        "X-RateLimit-Reset": str(int(reset_at)),
+    }
+
+
+def _hold_key_refusals() -> None:
+    """Before the key is looked up: 429 once this address has had RATELIMIT_KEY_REFUSALS
+    refusals (401) in the window; a request with a usable key is never held."""
+    if request.method == "OPTIONS" or request_key() is not None:
+        return
+    if request.blueprint in EDITABLE_BLUEPRINTS and request.method not in EDIT_METHODS:
+        return  # public reads: the public per-IP limit holds them
+    item, identifiers = _refusal_window()
+    strategy = get_limiter().limiter
+    try:
+        allowed = strategy.test(item, *identifiers)
+        reset_at, _ = strategy.get_window_stats(item, *identifiers) if not allowed else (0, 0)
+    except Exception as exc:  # the store went away: refuse nothing for it (logged)
+        log.warning("could not check key refusals: %s", type(exc).__name__)
+        return
+    if not allowed:
+        seconds = max(1, math.ceil(reset_at - time.time()))
+        abort(
+            429,
+            message=f"too many requests without a usable API key from this address: at most "
+            f"{_setting('RATELIMIT_KEY_REFUSALS')} are answered; check the key, and retry "
+            "after Retry-After seconds",
+            headers={"Retry-After": str(seconds), **_refusal_headers(item, reset_at, 0)},
+        )
+    request.environ[_COUNT_REFUSAL] = True
+
+
+def _count_key_refusals(response: Response) -> Response:
+    if response.status_code != 401 or not request.environ.pop(_COUNT_REFUSAL, False):
+        return response
+    item, identifiers = _refusal_window()
+    strategy = get_limiter().limiter
+    try:
+        strategy.hit(item, *identifiers)
+        reset_at, remaining = strategy.get_window_stats(item, *identifiers)
+    except Exception as exc:
+        log.warning("could not count a key refusal: %s", type(exc).__name__)
+        return response
+    for name, value in _refusal_headers(item, reset_at, remaining).items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def _limit_key_refusals(app: Flask, limiter: Limiter) -> None:
+    """RATELIMIT_KEY_REFUSALS on every route that needs a key: first before the blueprint's
+    own hooks (which authenticate), counted after a 401."""
+    if not limiter.enabled:
+        return
+    for name in (*KEYED_BLUEPRINTS, *EDITABLE_BLUEPRINTS):
+        if name in app.blueprints:
+            app.before_request_funcs.setdefault(name, []).insert(0, _hold_key_refusals)
+            app.after_request_funcs.setdefault(name, []).append(_count_key_refusals)
 
 
 # --- the OpenAPI spec ------------------------------------------------------------------------
@@ -285,10 +426,14 @@ def limited_operations(app: Flask) -> list[tuple[str, str]]:
         blueprint = rule.endpoint.rpartition(".")[0]
         methods = rule.methods or set()
         path = FlaskPlugin.flaskpath2openapi(rule.rule)
-        if blueprint in PUBLIC_BLUEPRINTS and "GET" in methods:
-            found.append((path, "get"))
-        if rule.endpoint == INTAKE_ENDPOINT and "POST" in methods:
-            found.append((path, "post"))
+        limited: set[str] = set()
+        if blueprint in PUBLIC_BLUEPRINTS:
+            limited |= methods & {"GET"}
+        if blueprint in EDITABLE_BLUEPRINTS:
+            limited |= methods & set(EDIT_METHODS)  # refused keys (RATELIMIT_KEY_REFUSALS)
+        if blueprint in KEYED_BLUEPRINTS:
+            limited |= methods - {"HEAD", "OPTIONS"}
+        found.extend((path, method.lower()) for method in sorted(limited))
     return found
 
 

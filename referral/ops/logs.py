@@ -25,6 +25,10 @@ from gunicorn import glogging
 from referral.ops import requestid
 
 MAX_PATH_CHARS = 200
+# gunicorn's warning for a request it cannot parse quotes the request line (an address, maybe
+# a patient's, when a client sends one unencoded): only its address and the error's kind stay.
+_INVALID_REQUEST = "Invalid request from ip="
+_IP_CHARS = frozenset("0123456789abcdefABCDEF.:[]")
 _QUERY_IN_TEXT = re.compile(r"\?[^\s'\"]+")
 _METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # The methods nearly every request uses, already as the access line writes them.
@@ -179,6 +183,27 @@ class JsonFormatter(logging.Formatter):
         return message
 
 
+def _error_kind(fallback: str) -> str:
+    # gunicorn logs these inside the ``except`` that caught the parse error.
+    exc_type = sys.exc_info()[0]
+    return exc_type.__name__ if exc_type is not None else fallback
+
+
+def without_request_text(msg: Any, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+    """gunicorn's message and arguments with nothing quoted from a request: an unparsable
+    request is logged as its client address and the error's kind (``InvalidHTTPVersion``),
+    and an exception passed as an argument as its type (``NoMoreData``'s text quotes the
+    bytes received)."""
+    if isinstance(msg, str) and msg.startswith(_INVALID_REQUEST):
+        ip = msg[len(_INVALID_REQUEST) :].partition(": ")[0]
+        if not ip or len(ip) > 64 or not set(ip) <= _IP_CHARS:
+            ip = "unknown"
+        return f"{_INVALID_REQUEST}%s: %s", (ip, _error_kind("unparsable request"))
+    if any(isinstance(arg, BaseException) for arg in args):
+        args = tuple(type(a).__name__ if isinstance(a, BaseException) else a for a in args)
+    return msg, args
+
+
 class GunicornJsonLogger(glogging.Logger):
     """gunicorn's logger with JSON lines: its own messages, the access log, and (through the
     root logger, on stderr) everything the app and its libraries log.
@@ -190,6 +215,31 @@ class GunicornJsonLogger(glogging.Logger):
     """
 
     _access_streams: list[logging.Handler] = []
+
+    # gunicorn's own messages, each without request text (see without_request_text).
+    def critical(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = without_request_text(msg, args)
+        super().critical(msg, *args, **kwargs)
+
+    def error(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = without_request_text(msg, args)
+        super().error(msg, *args, **kwargs)
+
+    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = without_request_text(msg, args)
+        super().warning(msg, *args, **kwargs)
+
+    def info(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = without_request_text(msg, args)
+        super().info(msg, *args, **kwargs)
+
+    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = without_request_text(msg, args)
+        super().debug(msg, *args, **kwargs)
+
+    def exception(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = without_request_text(msg, args)
+        super().exception(msg, *args, **kwargs)
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)

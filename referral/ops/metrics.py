@@ -46,7 +46,7 @@ REFERRALS_CREATED = Counter("referral_referrals_created", "Referrals created (no
 GEOCODER_CALLS = Counter(
     "referral_geocoder_calls",
     "Calls to the network geocoder (cache misses), by provider and outcome "
-    "(found, not_found, error).",
+    "(found, not_found, error; busy: refused at once, the shared request budget spent).",
     ["provider", "outcome"],
 )
 GEOCODE_CACHE_HITS = Counter(

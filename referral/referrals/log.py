@@ -35,6 +35,7 @@ from referral.referrals.models import (
     Status,
 )
 from referral.timeutil import as_utc, to_utc, utcnow
+from referral.web.text import defuse
 
 
 class TransitionError(ValueError):
@@ -323,9 +324,8 @@ EXPORT_COLUMNS = [
 
 
 def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
     # Spreadsheets run cells that start like a formula: defuse them (CSV injection).
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    return "" if value is None else defuse(str(value))
 
 
 def export_rows(session: Session, key: ApiKey, filters: ReferralFilters) -> Iterator[list[str]]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 import marshmallow as ma
@@ -19,59 +17,16 @@ from referral.directory.schemas import (
     location_json,
     origin_errors,
 )
+from referral.referrals.assessment import ASSESSMENT_MAX_BYTES, check_assessment
 from referral.referrals.models import Status, Urgency
 from referral.timeutil import as_utc
 from referral.web.fields import Pattern, StrictFloat, UtcDateTime, VocabularyCode
 from referral.web.limits import MAX_ID
-from referral.web.text import PlainText, text_problem
+from referral.web.text import PlainText
 
 # An opaque id from the app: letters, digits and . _ : - only, so no names with spaces, no
 # e-mail addresses.
 PATIENT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-# Parts of key names that would carry identity into the assessment summary, matched in the
-# key lowercased with everything but letters and digits removed (so patientName,
-# phone_number and Home-Address are all caught).
-IDENTIFYING_KEY_PARTS = (
-    "name", "mail", "phone", "mobile", "birth", "dob", "address", "street", "ssn", "mrn",
-    "insurance", "passport", "license",
-)  # fmt: skip
-EMAIL_VALUE = re.compile(r"[^@\s]+@[^@\s]+\.[a-z]{2,}", re.IGNORECASE)
-ASSESSMENT_MAX_BYTES = 4096
-ASSESSMENT_MAX_DEPTH = 4
-
-
-def check_assessment(value: dict[str, Any]) -> None:
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > ASSESSMENT_MAX_BYTES:
-        raise ma.ValidationError(f"at most {ASSESSMENT_MAX_BYTES} bytes of JSON (got {size})")
-
-    def walk(node: Any, depth: int, path: str) -> None:
-        if depth > ASSESSMENT_MAX_DEPTH:
-            raise ma.ValidationError(f"nested deeper than {ASSESSMENT_MAX_DEPTH} levels at {path}")
-        if isinstance(node, dict):
-            for key, child in node.items():
-                key_problem = text_problem(str(key))
-                if key_problem:
-                    where = f" in {path.rstrip('.')}" if path else ""
-                    raise ma.ValidationError(f"a key{where}: {key_problem}")
-                folded = re.sub(r"[^a-z0-9]", "", str(key).lower())
-                if any(part in folded for part in IDENTIFYING_KEY_PARTS):
-                    raise ma.ValidationError(
-                        f"'{path}{key}' looks like identifying data; send no names, contact "
-                        "details or birth dates"
-                    )
-                walk(child, depth + 1, f"{path}{key}.")
-        elif isinstance(node, str) and EMAIL_VALUE.search(node):
-            raise ma.ValidationError(f"{path.rstrip('.')}: looks like an e-mail address")
-        elif isinstance(node, str) and (problem := text_problem(node, multiline=True)):
-            raise ma.ValidationError(f"{path.rstrip('.')}: {problem}")
-        elif isinstance(node, list):
-            for index, child in enumerate(node):
-                walk(child, depth + 1, f"{path}{index}.")
-        elif isinstance(node, float) and (node != node or node in (float("inf"), float("-inf"))):
-            raise ma.ValidationError(f"{path.rstrip('.')}: not a finite number")
-
-    walk(value, 1, "")
 
 
 class _Strict(ma.Schema):

@@ -14,7 +14,13 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 from werkzeug.routing import BaseConverter
 
-from referral.auth.keys import BEARER_SECURITY, authenticate, require_scope
+from referral.auth.keys import (
+    BEARER_SECURITY,
+    authenticate,
+    refused_key,
+    request_key,
+    require_scope,
+)
 from referral.auth.models import (
     SCOPE_ADMIN,
     SCOPE_REFERRALS_READ,
@@ -80,21 +86,45 @@ def referral_id_schema(_converter: BaseConverter) -> dict[str, Any]:
     return {"type": "string", "pattern": f"^{REFERRAL_ID_RE.pattern}$"}
 
 
+# The scopes each operation needs (any one of them), checked before its query or body is
+# read. An operation missing here needs admin.
+SCOPES_NEEDED: dict[tuple[str, str], tuple[str, ...]] = {
+    ("referrals.Referrals", "POST"): (SCOPE_REFERRALS_WRITE,),
+    ("referrals.Referrals", "GET"): ANY_READER,
+    ("referrals.ReferralById", "GET"): ANY_READER,
+    ("referrals.ReferralById", "PATCH"): ANY_READER,
+    ("referrals.ReferralAssignment", "POST"): (SCOPE_ADMIN,),
+    ("referrals.ReferralStats", "GET"): (SCOPE_ADMIN,),
+    ("referrals.ReferralExport", "GET"): (SCOPE_ADMIN,),
+}
+
+
 @referrals_blp.before_request
 def authenticate_first() -> None:
-    # Before the body is parsed: an unknown caller learns nothing from validation errors.
-    if request.method != "OPTIONS":
-        authenticate()
-        if request.method == "POST" and request.endpoint == "referrals.Referrals":
-            limit_referral_intake()  # per key, before the body is read; 429 past the limit
+    # Before the query or body is parsed: a caller without the key or the scope learns
+    # nothing from validation errors (401, then 403, then 422).
+    if request.method == "OPTIONS":
+        return
+    key = authenticate()
+    method = "GET" if request.method == "HEAD" else request.method
+    require_scope(key, *SCOPES_NEEDED.get((str(request.endpoint), method), (SCOPE_ADMIN,)))
+    if method == "POST" and request.endpoint == "referrals.Referrals":
+        limit_referral_intake()  # per key, before the body is read; 429 past the limit
 
 
 @referrals_blp.after_request
 def audit_refusals(response: Response) -> Response:
-    """Refusals (401, 403, 422, 500...) are attempts too: record those no view recorded, in a
-    short transaction of their own (whatever the request's did), as ``refused_<status>`` or
-    the outcome the view named (``g.audit_outcome``)."""
-    if response.status_code >= 400 and not g.get("audited"):
+    """Refusals (403, 422, 500...) of a real key are attempts too: record those no view
+    recorded, in a short transaction of their own (whatever the request's did), as
+    ``refused_<status>`` or the outcome the view named (``g.audit_outcome``).
+
+    A request without a real key (none, malformed, unknown, wrong secret) leaves no row: it
+    is counted (``referral_http_requests`` by status) and limited per client IP
+    (RATELIMIT_KEY_REFUSALS), so no one without a key can grow the audit table. A revoked or
+    expired key is a real key: its refusals are recorded against it."""
+    # request_key(): a usable key refused by an app-wide check before authenticate_first ran.
+    actor = g.get("api_key") or refused_key() or request_key()
+    if response.status_code >= 400 and not g.get("audited") and actor is not None:
         paths = {
             "stats": "referral.stats",
             "export.csv": "referral.export",
@@ -107,7 +137,7 @@ def audit_refusals(response: Response) -> Response:
         referral_id = (request.view_args or {}).get("referral_id")
         valid = isinstance(referral_id, str) and REFERRAL_ID_RE.fullmatch(referral_id)
         outcome = g.get("audit_outcome") or f"refused_{response.status_code}"
-        _audit(action, outcome, [referral_id if valid else None])
+        _audit(action, outcome, [referral_id if valid else None], actor)
     return response
 
 
@@ -116,9 +146,11 @@ def current_key() -> ApiKey:
     return key
 
 
-def _audit(action: str, outcome: str, referral_ids: Any = (None,)) -> None:
+def _audit(
+    action: str, outcome: str, referral_ids: Any = (None,), actor: ApiKey | None = None
+) -> None:
     g.audited = True
-    key = g.get("api_key")
+    key = actor or g.get("api_key") or refused_key()
     audit.record(
         get_database().engine,
         actor_key_id=key.id if key is not None else None,
@@ -163,7 +195,8 @@ def _submitted_response(submitted: Submitted) -> Response:
 # What a client can do next with the referral it just sent (OpenAPI links).
 REFERRAL_LINKS = {
     name: {
-        "operationRef": f"#/paths/~1v1~1referrals~1{{referral_id}}/{method}",
+        # A URI reference: the path's braces percent-encoded (RFC 3986).
+        "operationRef": f"#/paths/~1v1~1referrals~1%7Breferral_id%7D/{method}",
         "parameters": {"referral_id": "$response.body#/id"},
         "description": description,
     }
@@ -207,7 +240,6 @@ class Referrals(MethodView):
 
         Unknown fields are rejected: send no names, e-mails, phone numbers or birth dates."""
         key = current_key()
-        require_scope(key, SCOPE_REFERRALS_WRITE)
         config = current_app.config
         idempotency_key = _idempotency_key()
         try:
@@ -243,7 +275,6 @@ class Referrals(MethodView):
         """The referrals this key may see, newest first: an app its own, a clinic's key those
         sent to it, admin all."""
         key = current_key()
-        require_scope(key, *ANY_READER)
         session = get_session()
         referrals, total = referral_log.list_visible(
             session,
@@ -303,7 +334,6 @@ class ReferralById(MethodView):
     @problems(referrals_blp, 401, 403, 404)
     def get(self, referral_id: str) -> Any:
         """One referral with its match and history."""
-        require_scope(current_key(), *ANY_READER)
         referral = _visible_or_404(referral_id, "referral.read")
         _audit("referral.read", "ok", [referral.id])
         return referral_log.detail(get_session(), referral)
@@ -316,7 +346,6 @@ class ReferralById(MethodView):
         """Move a referral along its lifecycle (admin, or the referred clinic's key with
         referrals:status; the sending app may only cancel)."""
         key = current_key()
-        require_scope(key, *ANY_READER)
         referral = _visible_or_404(referral_id, "referral.update")
         _commit_step(
             "referral.update",
@@ -340,7 +369,6 @@ class ReferralAssignment(MethodView):
         was within reach) or one its clinic has not answered yet. It becomes `created` for
         that clinic, with the distance and why, and a history line."""
         key = current_key()
-        require_scope(key, SCOPE_ADMIN)
         referral = _visible_or_404(referral_id, "referral.assign")
         _commit_step(
             "referral.assign",
@@ -362,7 +390,6 @@ class ReferralStats(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """Counts by status, source, clinic and day (admin)."""
         key = current_key()
-        require_scope(key, SCOPE_ADMIN)
         _audit("referral.stats", "ok")
         return referral_log.stats(get_session(), key, _filters(args))
 
@@ -378,7 +405,6 @@ class ReferralExport(MethodView):
     def get(self, args: dict[str, Any]) -> Response:
         """Every referral as CSV, without patient references or assessments (admin)."""
         key = current_key()
-        require_scope(key, SCOPE_ADMIN)
         session = get_session()
         filters = _filters(args)
         rows = list(referral_log.export_rows(session, key, filters))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, request
@@ -12,16 +11,29 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import ServiceUnavailable
 
 from referral.db import get_session, is_statement_timeout
-from referral.web.api import ReferralApi
+from referral.web.api import (
+    NUL_REFUSED,
+    PUBLIC_METHODS,
+    PUBLIC_PATH_RE,
+    PUBLIC_PATHS,
+    ReferralApi,
+)
 from referral.web.fields import enum_from_vocabularies, load_vocabularies
 from referral.web.limits import MAX_PAGE
 from referral.web.problems import field_error, problem_response
 
-# Public, read-only endpoints any site may call from a browser.
-PUBLIC_PATHS = (
-    r"/v1/((clinics|locations|specialties|concerns)(/.*)?|clinics\.csv|locations\.geojson)"
-)
-PUBLIC_PATH_RE = re.compile(PUBLIC_PATHS)
+CORS_PREFIX = "access-control-"
+
+
+def is_public_read() -> bool:
+    """Whether this request is a public read, or a browser's preflight for one: the only
+    requests answered with CORS headers (README, "Caching and CORS")."""
+    if not PUBLIC_PATH_RE.fullmatch(request.path):
+        return False
+    if request.method == "OPTIONS":
+        asked = request.headers.get("Access-Control-Request-Method", "").strip().upper()
+        return asked in PUBLIC_METHODS
+    return request.method in PUBLIC_METHODS
 
 
 def init_web(app: Flask) -> None:
@@ -61,9 +73,23 @@ def init_web(app: Flask) -> None:
     app.extensions["referral_api"] = api
     app.register_blueprint(widget_blp)
 
+    @app.after_request
+    def cors_for_public_reads_only(response: Response) -> Response:
+        # flask-cors matches paths, not methods: a write to a public path (POST /v1/clinics)
+        # and its preflight would be answered too. Registered before CORS() so that it runs
+        # after it (Flask runs after_request functions last registered first). Other paths
+        # are left alone: the widget's assets carry their own header for any site.
+        if PUBLIC_PATH_RE.fullmatch(request.path) and not is_public_read():
+            cors = {name for name, _ in response.headers if name.lower().startswith(CORS_PREFIX)}
+            for name in cors:
+                del response.headers[name]
+        return response
+
     CORS(
         app,
         resources={PUBLIC_PATHS: {"origins": "*"}},
+        # Every answer goes through after_request (cors_for_public_reads_only sees them all).
+        intercept_exceptions=False,
         # "*" rather than the echoed Origin: one cached answer serves every embedding site.
         send_wildcard=True,
         methods=["GET", "HEAD", "OPTIONS"],
@@ -105,7 +131,7 @@ def init_web(app: Flask) -> None:
         # Before any view: PostgreSQL refuses NUL in text, and huge pages overflow offsets.
         for name, value in request.args.items(multi=True):
             if "\x00" in value:
-                field_error(422, "query", name, "NUL characters are not accepted")
+                field_error(422, "query", name, NUL_REFUSED)
         try:
             page = int(request.args.get("page", ""))  # as marshmallow reads it: "+7", " 7"
         except ValueError:

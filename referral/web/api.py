@@ -11,6 +11,7 @@ from typing import Any
 
 import flask_smorest
 import marshmallow as ma
+from apispec import APISpec, BasePlugin
 from apispec.ext.marshmallow import MarshmallowPlugin, OpenAPIConverter
 from flask import Request, request
 from flask_smorest import Api, abort
@@ -31,6 +32,23 @@ from referral.web.problems import PROBLEM_JSON, ProblemSchema, field_error, prob
 _ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e]*"'
 IF_MATCH_PATTERN = rf"^(?:\*|{_ENTITY_TAG}(?:[ \t]*,[ \t]*{_ENTITY_TAG})*)$"
 
+# Public, read-only endpoints any site may call from a browser (CORS, caching, no key).
+PUBLIC_PATHS = (
+    r"/v1/((clinics|locations|specialties|concerns)(/.*)?|clinics\.csv|locations\.geojson)"
+)
+PUBLIC_PATH_RE = re.compile(PUBLIC_PATHS)
+PUBLIC_METHODS = ("GET", "HEAD")
+
+# What apispec writes as the null branch of a nullable nested schema in OpenAPI 3.0: any
+# object, which client generators turn into an untyped class.
+_ANY_OBJECT_OR_NULL = {"type": "object", "nullable": True}
+# Only null (the OpenAPI 3.0.3 idiom): generators read it as None.
+NULL_ONLY = {"type": "object", "nullable": True, "enum": [None]}
+
+# Statuses any operation may answer before its view runs: an over-long request line
+# (gunicorn, referral/ops/server_errors.py) and a refused query string (referral/web).
+EVERY_OPERATION_PROBLEMS = (414, 422)
+
 
 class SchemaRulesConverter(OpenAPIConverter):
     """apispec's converter; a schema's ``Meta.openapi`` adds rules across its fields (a
@@ -43,9 +61,59 @@ class SchemaRulesConverter(OpenAPIConverter):
             jsonschema.update(copy.deepcopy(rules))
         return jsonschema
 
+    def field2nullable(self, field: ma.fields.Field, ret: Any) -> dict[str, Any]:
+        # A nullable nested schema: the schema or null, typed (apispec's catch-all object
+        # branch, sometimes listed first, gives generated clients an untyped wrapper).
+        attributes: dict[str, Any] = super().field2nullable(field, ret)
+        branches = attributes.get("anyOf")
+        if branches and _ANY_OBJECT_OR_NULL in branches:
+            typed = [branch for branch in branches if branch != _ANY_OBJECT_OR_NULL]
+            attributes["anyOf"] = [*typed, copy.deepcopy(NULL_ONLY)]
+        return attributes
+
 
 class SchemaRulesPlugin(MarshmallowPlugin):
     Converter = SchemaRulesConverter
+
+
+def operation_id(endpoint: str, method: str) -> str:
+    """A name for an operation a generated client can use: the method and the view's class,
+    ``clinics.ClinicById`` + PATCH -> ``patch_clinic_by_id``."""
+    view = endpoint.rsplit(".", 1)[-1]
+    return f"{method.lower()}_{re.sub(r'(?<!^)(?=[A-Z])', '_', view).lower()}"
+
+
+class OperationRulesPlugin(BasePlugin):
+    """Rules every operation follows, applied here rather than in each view:
+
+    - an ``operationId`` from its endpoint (``operation_id``), unless the view sets one with
+      ``@blp.doc(operationId=...)``; two alike are an error;
+    - ``security: []`` on the public reads (PUBLIC_PATHS), which need no key; every other
+      operation states its own (a linter flags one that does not);
+    - the problems any request may meet before its view (EVERY_OPERATION_PROBLEMS).
+    """
+
+    def init_spec(self, spec: APISpec) -> None:
+        super().init_spec(spec)
+        self.operation_ids: dict[str, str] = {}
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        rule = kwargs.get("rule")
+        if rule is None or operations is None:
+            return
+        for method, operation in operations.items():
+            name = operation.setdefault("operationId", operation_id(rule.endpoint, method))
+            where = f"{method.upper()} {path}"
+            if self.operation_ids.setdefault(name, where) != where:
+                raise ValueError(f"operationId {name} of {where} is {self.operation_ids[name]}'s")
+            if method.upper() in PUBLIC_METHODS and PUBLIC_PATH_RE.fullmatch(path or ""):
+                operation.setdefault("security", [])
+            responses = operation.setdefault("responses", {})
+            for code in EVERY_OPERATION_PROBLEMS:
+                if code not in responses and str(code) not in responses:
+                    responses[code] = http.HTTPStatus(code).name
 
 
 class ReferralApi(Api):
@@ -53,6 +121,9 @@ class ReferralApi(Api):
 
     def _init_spec(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("marshmallow_plugin", SchemaRulesPlugin())
+        kwargs["extra_plugins"] = [*(kwargs.get("extra_plugins") or ()), OperationRulesPlugin()]
+        # Relative: the API is where the spec is served from (a client names its own host).
+        kwargs.setdefault("servers", [{"url": "/", "description": "This server"}])
         super()._init_spec(*args, **kwargs)
         self.ma_plugin.converter.add_attribute_function(exclusive_bounds)
         self.ma_plugin.converter.add_attribute_function(fresh_copies)
@@ -104,8 +175,9 @@ class HardenedParser(FlaskParser):
     - a streamed (chunked) body longer than MAX_CONTENT_LENGTH: 413 (werkzeug would cut it
       at the limit and parse the first part);
     - nesting that exhausts the recursion limit, numbers too long to convert: 400;
-    - NUL characters (PostgreSQL refuses them in text) and lone surrogates (``"\\ud800"``:
-      valid JSON, but no UTF-8 encoding exists, so storing it fails): 400 naming the field.
+    - lone surrogates (``"\\ud800"``: valid JSON, but no UTF-8 encoding exists, so storing it
+      fails): 400 naming the field;
+    - NUL characters (PostgreSQL refuses them in text): 422 naming the field, as in a query.
     """
 
     def _raw_load_json(self, req: Request) -> Any:
@@ -123,7 +195,8 @@ class HardenedParser(FlaskParser):
         bad = find_unstorable_text(parsed)
         if bad is not None:
             path, reason = bad
-            field_error(400, "json", path, reason)
+            status = 422 if reason.endswith(NUL_REFUSED) else 400  # well-formed, but refused
+            field_error(status, "json", path, reason)
         return parsed
 
     def parse(self, argmap: Any, req: Request | None = None, **kwargs: Any) -> Any:
@@ -179,9 +252,13 @@ def read_limited_body(req: Request) -> bytes:
     return data
 
 
+# NUL is valid JSON and a valid query string, but no text field takes it: 422 wherever it is.
+NUL_REFUSED = "NUL characters are not accepted"
+
+
 def _text_problem(text: str) -> str | None:
     if "\x00" in text:
-        return "NUL characters are not accepted"
+        return NUL_REFUSED
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from referral.auth.models import ApiKey
+from referral.web.text import FORMULA_PREFIXES as TEXT_FORMULA_PREFIXES
 
 COLUMNS = (
     "clinic_name", "phone", "website", "address", "city", "state", "zip", "lat", "lon",
@@ -20,8 +21,9 @@ SPECIALTY_COLUMNS = ("specialties", "specialties_not_offered")
 REQUIRED_COLUMNS = ("clinic_name", "city", "state")
 SPECIALTY_SEPARATOR = ";"
 FORMATS = ("csv", "json")
-# Spreadsheet formula triggers. Exports prefix such cells with "'"; imports take it off again.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Spreadsheet formula triggers (referral/web/text.py): exports prefix such cells with "'";
+# imports take it off again.
+FORMULA_PREFIXES = TEXT_FORMULA_PREFIXES
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 OUTCOMES = (CREATED, UPDATED, UNCHANGED)

@@ -22,13 +22,13 @@ from referral.admin.imports.base import (
     CHUNK_ROWS,
     COLUMNS,
     FORMATS,
-    FORMULA_PREFIXES,
     REQUIRED_COLUMNS,
     SPECIALTY_COLUMNS,
     RowError,
     SourceRow,
     collector_paused,
 )
+from referral.web.text import starts_like_formula
 
 _BLOCK = 64 * 1024  # bytes read from the stream at a time (JSON: characters taken)
 
@@ -145,7 +145,7 @@ def _unknown_column(name: str) -> str:
 
 def _unquoted(text: str) -> str:
     """A stripped cell without an export's defusing of a formula trigger."""
-    if len(text) > 1 and text[0] == "'" and text[1] in FORMULA_PREFIXES:
+    if len(text) > 1 and text[0] == "'" and starts_like_formula(text[1:]):
         return text[1:]
     return text
 

@@ -47,6 +47,7 @@ from referral.admin.imports.plan import ImportPlan, plan_stream
 from referral.admin.models import ImportLease, ImportRun, ImportRunPart
 from referral.geo.chain import GeocoderChain
 from referral.timeutil import as_utc, to_utc, utcnow
+from referral.web.text import safe_file_name
 
 RUNNING, PLANNED, APPLIED, REFUSED, CONFLICT, FAILED, ABANDONED = (
     "running", "planned", "applied", "refused", "conflict", "failed", "abandoned",
@@ -308,6 +309,8 @@ def run_import(
     ImportBusyError (another import runs), ImportConflictError (a record changed meanwhile:
     nothing written), LeaseLostError, or whatever stopped reading the file."""
     settings = settings or ImportSettings()
+    # The name is shown publicly (a clinic's source.file): a safe basename, or none.
+    source = safe_file_name(source)
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     lease = begin_run(engine, actor, dry_run=dry_run, fmt=fmt, source=source, settings=settings)

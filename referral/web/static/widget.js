@@ -10,11 +10,13 @@
  * once), data-api-base (defaults to where this script came from), data-include-possible
  * (true|false, default true: a specialty search also lists clinics whose record does not say
  * whether they offer it, marked "specialty not on record" on their card; "false" lists only
- * clinics on record as offering it).
+ * clinics on record as offering it), data-heading-level (2-6, default 3: the level of each
+ * clinic's name, to fit the host page's outline).
  *
  * Plain JavaScript, no dependencies, no third-party requests. The finder renders into a
  * shadow root so the host page's CSS cannot break it; it is themed through CSS custom
  * properties (--cf-accent, --cf-font, ...; see widget.css) set on the host element.
+ * Accessibility (settle delay, live regions, derived colours): see the README's widget section.
  */
 (function () {
   "use strict";
@@ -26,6 +28,10 @@
   var COORDS_RE = /^\s*(-?\d{1,2}(?:\.\d+)?)\s*,\s*(-?\d{1,3}(?:\.\d+)?)\s*$/;
   var specialtiesByBase = {};
   var OFF = ["false", "no", "off", "0"];
+  // A select changed with the arrow keys fires "change" per step: search once the user settles.
+  var SETTLE_MS = 900;
+  // How long a search answer waits for the specialty labels before showing codes instead.
+  var LABELS_WAIT_MS = 3000;
 
   var TEMPLATE =
     '<section class="cf" aria-label="Find a physical therapy clinic">' +
@@ -52,7 +58,7 @@
     '<button type="button" class="cf-locate">Use my location</button>' +
     "</form>" +
     '<p class="cf-status" role="status" aria-live="polite"></p>' +
-    '<p class="cf-error" role="alert" hidden></p>' +
+    '<p id="cf-error" class="cf-error" role="alert"></p>' +
     '<ol class="cf-results" aria-label="Clinics by distance"></ol>' +
     '<div class="cf-outside" hidden>' +
     '<ol class="cf-results cf-results-outside" aria-label="Nearest clinic outside your search radius"></ol>' +
@@ -83,10 +89,20 @@
     return shown + " " + (unit === "km" ? "km" : "mi");
   }
 
-  // A location placed only by its ZIP or city: the distance is to that area's centre.
+  // A location placed only by its ZIP or city: the distance is to that area's centre, so a
+  // distance under one unit says where instead ("in 55413"), never "about 0.0 mi".
   function distanceText(hit, unit) {
-    var precision = hit.location.geocode_precision;
+    var location = hit.location;
+    var precision = location.geocode_precision;
     var approximate = precision === "city" || precision === "postal_code";
+    var value = unit === "km" ? hit.distance_km : hit.distance_mi;
+    var word = unit === "km" ? "km" : "mi";
+    if (approximate && value < 1) {
+      if (precision === "postal_code" && location.zip) return "in " + location.zip;
+      if (precision === "city" && location.city) return "in " + location.city;
+      return "under 1 " + word;
+    }
+    if (value < 0.05) return "under 0.1 " + word;
     return (approximate ? "about " : "") + formatDistance(hit, unit);
   }
 
@@ -147,6 +163,9 @@
     this.directions = option(host, "directions", "google");
     var possible = String(option(host, "include-possible", "true")).toLowerCase();
     this.includePossible = OFF.indexOf(possible) < 0;
+    var level = parseInt(option(host, "heading-level", "3"), 10);
+    this.headingTag = "h" + (level >= 2 && level <= 6 ? level : 3);
+    this.settleTimer = null;
     this.sequence = 0;
     this.controller = null;
     this.lastOrigin = null;
@@ -186,6 +205,7 @@
     var self = this;
     this.form.addEventListener("submit", function (event) {
       event.preventDefault();
+      self.cancelSettle();
       self.searchText();
     });
     this.locate.addEventListener("click", function () {
@@ -194,13 +214,22 @@
     this.unitSelect.addEventListener("change", function () {
       self.unit = self.unitSelect.value;
       self.fillRadii(self.radius.value);
-      self.again();
     });
-    this.radius.addEventListener("change", function () {
-      self.again();
-    });
-    this.specialty.addEventListener("change", function () {
-      self.again();
+    // Stepping through a closed select with the keys changes it once per key: search when the
+    // user settles (a pause, or leaving the select); a pick with the mouse searches at once.
+    var stepping = false;
+    [this.radius, this.unitSelect, this.specialty].forEach(function (select) {
+      select.addEventListener("keydown", function (event) {
+        stepping = /^(Arrow|Page|Home|End)/.test(event.key) || event.key.length === 1;
+      });
+      select.addEventListener("change", function () {
+        if (stepping) self.settle();
+        else self.settleNow();
+        stepping = false;
+      });
+      select.addEventListener("blur", function () {
+        if (self.settleTimer !== null) self.settleNow();
+      });
     });
 
     var initial = option(host, "query", "") || option(host, "zip", "");
@@ -247,7 +276,9 @@
         return response.json();
       });
     }
-    specialtiesByBase[url]
+    // Settles (either way) when the labels are in: a search answer waits for it, so the status
+    // names "Sports", not the code "sports".
+    this.labelsReady = specialtiesByBase[url]
       .then(function (specialties) {
         self.labels = {};
         var chosen = self.specialty.value;
@@ -265,6 +296,25 @@
         // The finder still works: codes are shown instead of labels.
         self.labels = self.labels || {};
       });
+  };
+
+  Finder.prototype.settle = function () {
+    var self = this;
+    this.cancelSettle();
+    if (!this.lastOrigin) return;
+    this.settleTimer = setTimeout(function () {
+      self.settleNow();
+    }, SETTLE_MS);
+  };
+
+  Finder.prototype.cancelSettle = function () {
+    if (this.settleTimer !== null) clearTimeout(this.settleTimer);
+    this.settleTimer = null;
+  };
+
+  Finder.prototype.settleNow = function () {
+    this.cancelSettle();
+    this.again();
   };
 
   Finder.prototype.label = function (code) {
@@ -290,27 +340,33 @@
     });
   };
 
-  Finder.prototype.showError = function (message) {
+  // The error region stays rendered (empty) so that filling it is announced; one about the
+  // typed place is also tied to the input, which then reads as invalid with the message.
+  Finder.prototype.showError = function (message, aboutInput) {
     this.error.textContent = message;
-    this.error.hidden = false;
     this.status.textContent = "";
+    if (aboutInput) {
+      this.input.setAttribute("aria-invalid", "true");
+      this.input.setAttribute("aria-describedby", "cf-error cf-hint");
+      this.input.setAttribute("aria-errormessage", "cf-error");
+    }
   };
 
   Finder.prototype.clear = function () {
-    this.error.hidden = true;
     this.error.textContent = "";
     this.results.textContent = "";
     this.outsideList.textContent = "";
     this.outside.hidden = true;
     this.input.removeAttribute("aria-invalid");
+    this.input.removeAttribute("aria-errormessage");
+    this.input.setAttribute("aria-describedby", "cf-hint");
   };
 
   Finder.prototype.searchText = function () {
     var text = this.input.value.trim();
     if (!text) {
       this.clear();
-      this.input.setAttribute("aria-invalid", "true");
-      this.showError("Type a ZIP code, a city and state, or an address — or use your location.");
+      this.showError("Type a ZIP code, a city and state, or an address — or use your location.", true);
       this.input.focus();
       return;
     }
@@ -360,6 +416,7 @@
 
   Finder.prototype.search = function (origin) {
     var self = this;
+    this.cancelSettle();
     this.lastOrigin = origin;
     var params = new URLSearchParams();
     ["zip", "lat", "lon", "address"].forEach(function (name) {
@@ -382,6 +439,11 @@
     this.results.setAttribute("aria-busy", "true");
 
     var url = new URL("v1/locations/nearest", this.base).href + "?" + params.toString();
+    var labels = this.labelsReady;
+    var labelsOrTimeout = new Promise(function (resolve) {
+      labels.then(resolve, resolve);
+      setTimeout(resolve, LABELS_WAIT_MS);
+    });
     fetch(url, {
       credentials: "omit",
       headers: { Accept: "application/json" },
@@ -398,13 +460,17 @@
           });
       })
       .then(function (answer) {
+        return labelsOrTimeout.then(function () {
+          return answer;
+        });
+      })
+      .then(function (answer) {
         if (sequence !== self.sequence) return;
         self.results.removeAttribute("aria-busy");
         if (!answer.ok || !answer.body) {
-          if (answer.body && answer.body.invalid_params && origin.description !== "your location") {
-            self.input.setAttribute("aria-invalid", "true");
-          }
-          self.showError(problemMessage(answer.status, answer.body));
+          var aboutInput = !!(answer.body && answer.body.invalid_params) &&
+            origin.description !== "your location";
+          self.showError(problemMessage(answer.status, answer.body), aboutInput);
           return;
         }
         self.render(answer.body, origin);
@@ -463,9 +529,10 @@
       var nearest = outside.specialty_match === "possible"
         ? " The nearest that may offer it (not on record) is "
         : " The nearest is ";
+      var away = distanceText(outside, unit);
       this.status.textContent =
         "No clinics" + specialty + " within " + radius + " of " + where + "." + nearest +
-        distanceText(outside, unit) + " away." + this.leftOut(body);
+        away + (/^in /.test(away) ? "." : " away.") + this.leftOut(body);
       this.outsideList.appendChild(this.item(outside));
       this.outside.hidden = false;
       return;
@@ -493,7 +560,7 @@
     var location = hit.location;
     var item = el("li", "cf-result");
     var head = el("div", "cf-result-head");
-    head.appendChild(el("h3", "cf-name", clinic.name || "Clinic name not on record"));
+    head.appendChild(el(this.headingTag, "cf-name", clinic.name || "Clinic name not on record"));
     head.appendChild(el("span", "cf-distance", distanceText(hit, this.unit)));
     item.appendChild(head);
 
