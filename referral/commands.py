@@ -68,13 +68,12 @@ def db_revision(message: str) -> None:
 @with_appcontext
 def seed() -> None:
     """Migrate, then load seed_data/ (idempotent: a second run changes nothing)."""
-    from referral.db import session_scope
     from referral.directory.seed import KINDS
-    from referral.seed import seed_all
+    from referral.seed import seed_once
 
+    # Each under its own lock (see runner.exclusive): any number of replicas may run this at once.
     runner.upgrade(current_app)
-    with session_scope() as session:
-        report = seed_all(session, current_app._get_current_object())  # type: ignore[attr-defined]
+    report = seed_once(current_app._get_current_object())  # type: ignore[attr-defined]
     for kind in KINDS:
         click.echo(
             f"{kind}: {report.created[kind]} created, {report.updated[kind]} updated, "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -24,22 +23,11 @@ from geographiclib.geodesic import Geodesic
 from werkzeug.serving import make_server
 
 from referral.geo.chain import get_geocoder
-from tests.conftest import REPO_ROOT, skip_or_fail
+from tests.conftest import REPO_ROOT
 from tests.helpers import assert_problem, stored_locations
 from tests.live import free_port
 
-CHROMIUM = os.environ.get("REFERRAL_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("REFERRAL_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-]
 TIMEOUT_MS = 15_000
 MILES_PER_KM = 1 / 1.609344
 SAN_ANTONIO = "78201"
@@ -50,22 +38,6 @@ MINNEAPOLIS = {"latitude": 44.9778, "longitude": -93.2650}
 def backend() -> str:
     # The browser tests are about the widget; the API they call is tested on both backends.
     return "sqlite"
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        skip_or_fail("playwright is not installed (pip install -e '.[dev]')")
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-        skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
 
 
 class _ServerThread:

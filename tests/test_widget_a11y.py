@@ -23,8 +23,6 @@ from referral.db import get_database
 from tests.conftest import build_app, skip_or_fail
 from tests.test_widget import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     SAN_ANTONIO,
     TIMEOUT_MS,
     HostSite,
@@ -50,17 +48,8 @@ def axe_js() -> str:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-        skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
+def chromium(browser: Any) -> Any:
+    return browser
 
 
 @pytest.fixture(scope="module")

@@ -150,7 +150,9 @@ def referral_request(body: Mapping[str, Any], geocoder: GeocoderChain) -> Referr
     """The parsed body (``ReferralCreateSchema``) as a request to match: the origin placed
     through the geocoder chain (a network geocoder only when configured)."""
     try:
-        origin = resolve_origin_args(geocoder, body["origin"])
+        origin = resolve_origin_args(
+            geocoder, body["origin"], location="json", field_prefix="origin."
+        )
     except OriginError as exc:
         raise ReferralInputError(f"origin.{exc.field}", exc.reason) from exc
     max_distance = body.get("max_distance")
