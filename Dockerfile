@@ -1,8 +1,11 @@
 # The referral service: gunicorn on 0.0.0.0:8000, configured by REFERRAL_* variables
 # (docs/operations.md). With PostgreSQL and Redis: `docker compose up --build`.
 
+# The base image: another registry or a local stand-in with --build-arg PYTHON_IMAGE=...
+ARG PYTHON_IMAGE=python:3.11-slim
+
 # --- build: wheels for the app and every dependency -----------------------------------------
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -10,7 +13,7 @@ COPY referral ./referral
 RUN pip wheel --wheel-dir /wheels .
 
 # --- runtime: the wheels installed, no build tools, not root ----------------------------------
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

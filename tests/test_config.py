@@ -128,12 +128,23 @@ def test_docker_compose_sets_only_known_settings():
     for dependency in ("postgres", "redis"):
         assert services["app"]["depends_on"][dependency] == {"condition": "service_healthy"}
         assert services[dependency]["healthcheck"]["test"]
+    # `--scale app=3` needs a host port per replica: a range, not one fixed port.
+    host_ports = [str(port).rsplit(":", 1)[0] for port in services["app"]["ports"]]
+    assert all("-" in ports for ports in host_ports), host_ports
+    # The PostgreSQL the tests and CI run against (15), not another major version.
+    assert services["postgres"]["image"] == "postgres:15"
 
 
 def test_dockerfile_is_multi_stage_non_root_with_a_health_check():
     text = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
     lines = [line.strip() for line in text.splitlines()]
-    assert sum(line.startswith("FROM ") for line in lines) >= 2
+    froms = [line for line in lines if line.startswith("FROM ")]
+    assert len(froms) >= 2
+    # The base image is a build argument: a mirror or a local stand-in can replace it.
+    assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in froms), froms
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in lines
+    ignored = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {"**/__pycache__", "*.egg-info", "build", ".schemathesis"} <= set(ignored)
     assert any(line.startswith("COPY --from=build") for line in lines)
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
