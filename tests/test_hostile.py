@@ -255,3 +255,13 @@ def test_purge_drops_old_geocode_cache_rows(app, runner):
     assert runner.invoke(args=["referrals", "purge", "--older-than", "5"]).exit_code == 0
     with Session(get_database(app).engine) as session:
         assert [row.key[0] for row in session.exec(select(GeocodeCacheEntry))] == ["b"]
+
+
+@pytest.mark.parametrize("query", [{"page": "100001"}, {"status": "created\x00"}])
+def test_referral_queries_are_checked_after_the_key(client, keys, query):
+    # 401 without a key, 403 with a key lacking the scope, and only then 422 for the query.
+    assert_problem(client.get("/v1/referrals", query_string=query), 401)
+    stats = client.get("/v1/referrals/stats", query_string=query, headers=bearer(keys["app"]))
+    assert_problem(stats, 403)
+    admin = client.get("/v1/referrals", query_string=query, headers=bearer(keys["admin"]))
+    assert_problem(admin, 422, next(iter(query)))

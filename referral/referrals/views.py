@@ -53,6 +53,7 @@ from referral.referrals.service import (
     submit_referral,
 )
 from referral.referrals.vocabulary import load_vocabulary
+from referral.web import AUTHENTICATED_FIRST, refuse_hostile_query
 from referral.web.api import LOCATION_HEADER, Blueprint, problems
 from referral.web.problems import field_error
 
@@ -62,6 +63,7 @@ referrals_blp = Blueprint(
     url_prefix="/v1/referrals",
     description="Referrals from assessment apps, and their lifecycle (API key required).",
 )
+AUTHENTICATED_FIRST.add(referrals_blp.name)  # its hook checks the query after the key
 concerns_blp = Blueprint(
     "concerns",
     __name__,
@@ -110,6 +112,7 @@ def authenticate_first() -> None:
     require_scope(key, *SCOPES_NEEDED.get((str(request.endpoint), method), (SCOPE_ADMIN,)))
     if method == "POST" and request.endpoint == "referrals.Referrals":
         limit_referral_intake()  # per key, before the body is read; 429 past the limit
+    refuse_hostile_query()
 
 
 @referrals_blp.after_request

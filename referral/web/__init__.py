@@ -36,6 +36,23 @@ def is_public_read() -> bool:
     return request.method in PUBLIC_METHODS
 
 
+# Blueprints whose before-request hook authenticates, then calls refuse_hostile_query().
+AUTHENTICATED_FIRST: set[str] = set()
+
+
+def refuse_hostile_query() -> None:
+    """Before any view: PostgreSQL refuses NUL in text, and huge pages overflow offsets."""
+    for name, value in request.args.items(multi=True):
+        if "\x00" in value:
+            field_error(422, "query", name, NUL_REFUSED)
+    try:
+        page = int(request.args.get("page", ""))  # as marshmallow reads it: "+7", " 7"
+    except ValueError:
+        return
+    if page > MAX_PAGE:
+        field_error(422, "query", "page", f"at most {MAX_PAGE}")
+
+
 def init_web(app: Flask) -> None:
     from referral.admin.import_views import imports_blp
     from referral.admin.views import admin_blp
@@ -128,16 +145,10 @@ def init_web(app: Flask) -> None:
 
     @app.before_request
     def refuse_hostile_query_strings() -> None:
-        # Before any view: PostgreSQL refuses NUL in text, and huge pages overflow offsets.
-        for name, value in request.args.items(multi=True):
-            if "\x00" in value:
-                field_error(422, "query", name, NUL_REFUSED)
-        try:
-            page = int(request.args.get("page", ""))  # as marshmallow reads it: "+7", " 7"
-        except ValueError:
-            return
-        if page > MAX_PAGE:
-            field_error(422, "query", "page", f"at most {MAX_PAGE}")
+        # A blueprint that authenticates first checks the query after its key (401/403, then
+        # 422): it calls refuse_hostile_query() itself.
+        if request.blueprint not in AUTHENTICATED_FIRST:
+            refuse_hostile_query()
 
     @app.after_request
     def cache_public_reads(response: Response) -> Response:
